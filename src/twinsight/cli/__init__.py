@@ -1,0 +1,68 @@
+"""The ``twinsight`` command line: thin wrappers that parse, call the API and print.
+
+Each command group lives in its own module and registers itself on the shared
+Typer ``app``; :func:`main` turns user errors into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+from rich.text import Text
+
+from twinsight import __version__
+from twinsight.cli._app import app, err_console
+from twinsight.errors import TwinsightError
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"twinsight {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail."),
+) -> None:
+    """Learn image similarity with Siamese networks: search, verify, best-match parameters."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+# Command modules register their commands on `app` when imported.
+from twinsight.cli import data as _data  # noqa: E402,F401
+from twinsight.cli import simulate as _simulate  # noqa: E402,F401
+from twinsight.cli import train as _train  # noqa: E402,F401
+from twinsight.cli import search as _search  # noqa: E402,F401
+from twinsight.cli import demo as _demo  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; exits 2 on a user error, without a traceback."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="twinsight")
+    except TwinsightError as exc:
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,1 @@
+"""Everything about getting images and their labels or parameters in."""

@@ -1,0 +1,109 @@
+"""Per-image preprocessing shared by training, indexing and querying.
+
+A model stores its :class:`Preprocessing` so that a query image of another
+size or channel count is brought to what the encoder was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from twinsight.errors import TwinsightError
+
+Normalize = Literal["minmax", "standardize", "none"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What every image goes through before the encoder.
+
+    ``normalize``: ``minmax`` scales each image to [0, 1] (seed 000);
+    ``standardize`` subtracts ``mean`` and divides by ``std`` per channel
+    (statistics of the training set); ``none`` leaves values as read.
+    """
+
+    size: tuple[int, int]
+    channels: int
+    normalize: Normalize = "minmax"
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            size=tuple(data["size"]),
+            channels=int(data["channels"]),
+            normalize=data.get("normalize", "minmax"),
+            mean=tuple(data.get("mean", ())),
+            std=tuple(data.get("std", ())),
+        )
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return preprocess(images, self)
+
+
+def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    n, c, _, _ = images.shape
+    out = np.empty((n, c, size[0], size[1]), dtype=np.float32)
+    for i in range(n):
+        for j in range(c):
+            img = Image.fromarray(images[i, j].astype(np.float32), mode="F")
+            out[i, j] = np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return out
+
+
+def _match_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if channels == 1:
+        return images.mean(axis=1, keepdims=True)
+    if have == 1:
+        return np.repeat(images, channels, axis=1)
+    raise TwinsightError(
+        f"cannot turn {have}-channel images into the {channels} channels the model expects"
+    )
+
+
+def minmax_per_image(images: np.ndarray) -> np.ndarray:
+    """Scale each image (all its channels together) to [0, 1]; constant images become 0."""
+    flat = images.reshape(len(images), -1)
+    lo = flat.min(axis=1)
+    span = flat.max(axis=1) - lo
+    span[span == 0] = 1.0
+    shape = (-1,) + (1,) * (images.ndim - 1)
+    return ((images - lo.reshape(shape)) / span.reshape(shape)).astype(np.float32)
+
+
+def preprocess(images: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Bring images [N, C, H, W] (or one [C, H, W] / [H, W]) to the model's input."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        images = images[None, None]
+    elif images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise TwinsightError(f"expected images [N, C, H, W], got shape {images.shape}")
+    if not np.isfinite(images).all():
+        images = np.nan_to_num(images, nan=0.0, posinf=0.0, neginf=0.0)
+    images = _match_channels(images, spec.channels)
+    if tuple(images.shape[2:]) != tuple(spec.size):
+        images = _resize(images, tuple(spec.size))
+    if spec.normalize == "minmax":
+        images = minmax_per_image(images)
+    elif spec.normalize == "standardize":
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        images = (images - mean) / std
+    elif spec.normalize != "none":
+        raise TwinsightError(
+            f"unknown normalization '{spec.normalize}'; expected minmax, standardize or none"
+        )
+    return np.ascontiguousarray(images, dtype=np.float32)
