@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
 import typer
 from rich.text import Text
 
@@ -51,18 +50,13 @@ from twinsight.cli import demo as _demo  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; exits 2 on a user error, without a traceback."""
+    """Entry point of the console script; exits 2 on a user error, without a traceback.
+
+    Typer's standalone mode handles usage errors (exit 2), ``--help`` and
+    ``Exit``; a :class:`TwinsightError` raised by the library becomes one line.
+    """
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="twinsight")
+        app(args=argv, prog_name="twinsight")
     except TwinsightError as exc:
         err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
         sys.exit(2)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(result if isinstance(result, int) else 0)
