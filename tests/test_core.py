@@ -166,3 +166,18 @@ def test_cli_version_and_help_list_every_command(run_cli):
 def test_cli_unknown_command_exits_2(run_cli):
     result = run_cli("no-such-command")
     assert result.exit_code == 2
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d"):
+            pass
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

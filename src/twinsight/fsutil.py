@@ -29,6 +29,17 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: Path, mode: int) -> None:
+    """Give a temp file/folder the permissions a plain open()/mkdir() would have."""
+    os.chmod(path, mode & ~_umask())
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -43,6 +54,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _chmod_default(tmp, 0o666)
     try:
         yield tmp
         if path.is_dir():
@@ -58,6 +70,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """Yield a temporary folder to fill; on success it takes the place of ``path``."""
     path = check_output_path(path, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    _chmod_default(tmp, 0o777)
     try:
         yield tmp
         if path.exists():
