@@ -126,7 +126,9 @@ def test_preprocess_minmax_resize_and_channels():
     np.testing.assert_allclose(out.reshape(2, -1).min(1), 0, atol=1e-6)
     np.testing.assert_allclose(out.reshape(2, -1).max(1), 1, atol=1e-6)
     assert Preprocessing.from_dict(spec.to_dict()) == spec
-    std = Preprocessing(size=(10, 10), channels=3, normalize="standardize", mean=(7,) * 3, std=(2,) * 3)
+    std = Preprocessing(
+        size=(10, 10), channels=3, normalize="standardize", mean=(7,) * 3, std=(2,) * 3
+    )
     np.testing.assert_allclose(preprocess(images, std), (images - 7) / 2, rtol=1e-6)
 
 

@@ -130,6 +130,7 @@ class Collection:
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
+        index = index.astype(np.int64, copy=False)
         return Collection(
             self.items.iloc[index],
             self._loader,
