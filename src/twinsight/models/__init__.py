@@ -1,0 +1,8 @@
+"""Encoders (images -> unit embeddings) and the model bundle that saves them safely."""
+
+from __future__ import annotations
+
+from twinsight.models.bundle import ModelBundle
+from twinsight.models.encoders import Encoder, create_encoder, list_encoders
+
+__all__ = ["Encoder", "ModelBundle", "create_encoder", "list_encoders"]
