@@ -1,0 +1,411 @@
+"""Evaluation of a trained model: retrieval, verification, similarity ranking, parameter recovery.
+
+JSON keys (stable; documented in docs/search.md):
+
+- labels: ``precision_at_1``, ``r_precision``, ``mean_average_precision_at_r``,
+  ``recall_at_k`` ({k: value}), ``k``; verification on balanced pairs:
+  ``verification.roc_auc``, ``.eer``, ``.accuracy``, ``.threshold``;
+- parameters: ``spearman`` (predicted cosine vs target similarity on pairs),
+  ``parameters.<name>.r2`` / ``.rmse`` (of the median, in the parameter's scale
+  space: log10 or linear), ``.coverage_68``, ``.coverage_95``, ``.narrowing``,
+  ``.scale``; ``calibration_curve`` (expected vs observed coverage per level);
+  ``matching`` (the number of matches used, whether calibrated).
+
+Parameter recovery matches every evaluated item against the whole collection
+*without its own system*; the matching defaults come from ``bundle.matching``
+(calibrated on validation systems at training time), never from this set.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from twinsight.errors import TwinsightError
+from twinsight.index import SimilarityIndex
+from twinsight.inference import (
+    DEFAULT_TOP,
+    LEVELS,
+    _inflation,
+    balanced_pairs,
+    choose_scale,
+    coverage,
+    decision_threshold,
+    pair_groups,
+    recovery_arrays,
+    to_scale,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIEVAL_K = 1000
+
+
+# -- labels ---------------------------------------------------------------------------------------
+def retrieval_metrics(
+    embeddings: np.ndarray, labels: np.ndarray, *, k: int | None = None
+) -> dict[str, Any]:
+    """precision@1, R-precision, MAP@R (pytorch-metric-learning) and recall@{1,5,10}.
+
+    ``k`` defaults to min(largest class size, 1000) so large sets do not exhaust
+    memory; the query set is its own reference (each item's self-match excluded).
+    """
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    labels = np.asarray(labels)
+    _, codes = np.unique(labels.astype(str), return_inverse=True)
+    counts = np.bincount(codes)
+    if counts.max() < 2:
+        raise TwinsightError("retrieval metrics need at least one label with two or more items")
+    k = int(min(counts.max(), MAX_RETRIEVAL_K) if k is None else k)
+    k = max(1, min(k, len(labels) - 1))
+    emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+    lab = torch.from_numpy(codes.astype(np.int64))
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"), k=k
+    )
+    res = calc.get_accuracy(emb, lab, emb, lab, ref_includes_query=True)
+    out = {
+        name: float(res[name])
+        for name in ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+    }
+    out["recall_at_k"] = _recall_at_k(embeddings, codes, (1, 5, 10))
+    out["k"] = k
+    return out
+
+
+def _recall_at_k(embeddings: np.ndarray, codes: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """Fraction of queries with at least one same-label item among their k nearest others."""
+    idx = SimilarityIndex.build(embeddings, _key_table(len(codes)), model_fingerprint="eval")
+    kmax = min(max(ks) + 1, len(codes))
+    _, pos = idx.search(embeddings, kmax)
+    self_mask = pos == np.arange(len(codes))[:, None]
+    out = {}
+    for k in ks:
+        hits = []
+        for q in range(len(codes)):
+            others = pos[q][~self_mask[q]][:k]
+            hits.append(bool((codes[others] == codes[q]).any()))
+        out[str(k)] = float(np.mean(hits))
+    return out
+
+
+def _key_table(n: int):
+    import pandas as pd
+
+    return pd.DataFrame({"key": np.arange(n).astype(str)})
+
+
+def verification_metrics(
+    embeddings: np.ndarray,
+    groups: np.ndarray,
+    calibration: dict | None,
+    *,
+    n_pairs: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """ROC-AUC, EER and accuracy at the calibrated threshold on balanced same/different pairs."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    i, j, same = balanced_pairs(groups, n_pairs, seed)
+    scores = np.sum(embeddings[i] * embeddings[j], axis=1)
+    fpr, tpr, _ = roc_curve(same, scores)
+    fnr = 1 - tpr
+    e = int(np.nanargmin(np.abs(fnr - fpr)))
+    threshold = decision_threshold(calibration) if calibration else 0.5
+    return {
+        "roc_auc": float(roc_auc_score(same, scores)),
+        "eer": float((fpr[e] + fnr[e]) / 2),
+        "accuracy": float(np.mean((scores >= threshold) == same)),
+        "threshold": float(threshold),
+        "threshold_source": "calibration"
+        if calibration
+        else "default 0.5 (model has no calibration)",
+        "pairs": int(len(same)),
+    }
+
+
+# -- parameters -----------------------------------------------------------------------------------
+def target_similarity(
+    params_a: np.ndarray, params_b: np.ndarray, reference: np.ndarray
+) -> np.ndarray:
+    """Seed 000's target: (cos + 1) / 2 of z-scored parameter vectors (log10 for log-like ones)."""
+    scales = [choose_scale(reference[:, j]) for j in range(reference.shape[1])]
+    ref = np.stack([to_scale(reference[:, j], s) for j, s in enumerate(scales)], axis=-1)
+    mu, sd = ref.mean(axis=0), ref.std(axis=0)
+    sd[sd == 0] = 1.0
+
+    def z(p: np.ndarray) -> np.ndarray:
+        v = np.stack([to_scale(p[:, j], s) for j, s in enumerate(scales)], axis=-1)
+        v = (v - mu) / sd
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    return (np.sum(z(params_a) * z(params_b), axis=1) + 1) / 2
+
+
+def model_target_similarity(
+    targets: dict | None, items_a: Any, items_b: Any, params: np.ndarray
+) -> np.ndarray:
+    """Pairwise target similarity as the model was trained (its normalizer and kernel)."""
+    from twinsight.data.params import ParameterNormalizer
+
+    t = targets or {}
+    norm = ParameterNormalizer.from_dict(t["normalizer"])
+    # wrapped: ParameterNormalizer.transform accepts "anything with an items table"
+    za = norm.transform(SimpleNamespace(items=items_a)).astype(np.float64)
+    zb = norm.transform(SimpleNamespace(items=items_b)).astype(np.float64)
+    if t.get("kernel", "cosine") == "rbf":
+        width = float(t.get("width", 1.0))
+        return np.exp(-np.sum((za - zb) ** 2, axis=1) / (2 * width**2 * za.shape[1]))
+    na = np.maximum(np.linalg.norm(za, axis=1), 1e-12)
+    nb = np.maximum(np.linalg.norm(zb, axis=1), 1e-12)
+    return (np.sum(za * zb, axis=1) / (na * nb) + 1) / 2
+
+
+def similarity_ranking(
+    embeddings: np.ndarray,
+    params: np.ndarray,
+    *,
+    n_pairs: int = 5000,
+    seed: int = 0,
+    items: Any = None,
+    targets: dict | None = None,
+) -> dict[str, Any]:
+    """Spearman correlation of predicted similarity (cosine -> [0,1]) vs target, on random pairs."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    n = len(embeddings)
+    i = rng.integers(0, n, size=n_pairs)
+    j = rng.integers(0, n, size=n_pairs)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    predicted = (np.sum(embeddings[i] * embeddings[j], axis=1) + 1) / 2
+    t = targets or {}
+    if items is not None and t.get("kind") == "params" and t.get("normalizer"):
+        target = model_target_similarity(
+            targets,
+            items.iloc[i].reset_index(drop=True),
+            items.iloc[j].reset_index(drop=True),
+            params,
+        )
+    else:
+        target = target_similarity(params[i], params[j], params)
+    rho = spearmanr(predicted, target).statistic
+    return {"spearman": float(rho), "pairs": (i, j, predicted, target)}
+
+
+def parameter_recovery(
+    pool: SimilarityIndex,
+    query_embeddings: np.ndarray,
+    query_items: Any,
+    *,
+    matching: dict | None,
+    columns: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Match each query against ``pool`` without its own system; R^2, RMSE, coverage, narrowing."""
+    columns = pool.param_columns if columns is None else list(columns)
+    pool.check_params(columns)
+    if "system" not in query_items.columns:
+        raise TwinsightError(
+            "parameter recovery needs a 'system' column so that an item is never matched "
+            "against its own system"
+        )
+    m = matching or {}
+    top = int(m.get("top") or DEFAULT_TOP)
+    levels = [float(x) for x in m.get("levels", LEVELS)]
+    prior = pool.params(columns)
+    stored = m.get("scales") or {}
+    scales = [stored.get(c) or choose_scale(prior[:, j]) for j, c in enumerate(columns)]
+    inflation = _inflation(m, columns, levels) if m.get("inflation") else None
+    arr = recovery_arrays(
+        pool,
+        query_embeddings,
+        query_items["system"].astype(str).tolist(),
+        top=top,
+        columns=columns,
+        weighting=m.get("weighting", "uniform"),
+        temperature=m.get("temperature"),
+        levels=levels,
+        inflation=inflation,
+        scales=scales,
+    )
+    truth = np.stack(
+        [
+            to_scale(query_items[c].to_numpy(dtype=np.float64), scales[j])
+            for j, c in enumerate(columns)
+        ],
+        axis=-1,
+    )
+    med = arr["median"]
+    covs = np.stack([coverage(truth, arr["lo"][i], arr["hi"][i]) for i in range(len(levels))])
+    i68, i95 = _level_index(levels, 0.68), _level_index(levels, 0.95)
+    out: dict[str, Any] = {}
+    for j, c in enumerate(columns):
+        resid = truth[:, j] - med[:, j]
+        var = np.var(truth[:, j])
+        width = arr["hi"][i68][:, j] - arr["lo"][i68][:, j]
+        out[c] = {
+            "scale": "log10" if scales[j] == "log" else "linear",
+            "r2": float(1 - np.mean(resid**2) / var) if var > 0 else float("nan"),
+            "rmse": float(np.sqrt(np.mean(resid**2))),
+            "coverage_68": float(covs[i68, j]),
+            "coverage_95": float(covs[i95, j]),
+            "narrowing": float(np.mean(width) / arr["prior_width_68"][j])
+            if arr["prior_width_68"][j] > 0
+            else float("nan"),
+        }
+    curve = {"levels": levels, "observed": {c: covs[:, j].tolist() for j, c in enumerate(columns)}}
+    extras = {"median": med, "truth": truth}
+    return {
+        "parameters": out,
+        "calibration_curve": curve,
+        "matching": {"top": top, "calibrated": bool(m.get("inflation")), "pool": len(pool)},
+        "_arrays": extras,
+    }
+
+
+def _level_index(levels: Sequence[float], level: float) -> int:
+    for i, lev in enumerate(levels):
+        if abs(lev - level) < 1e-9:
+            return i
+    raise TwinsightError(
+        f"interval level {level} is not among the calibrated levels {list(levels)}"
+    )
+
+
+# -- the whole evaluation -------------------------------------------------------------------------
+def evaluate(
+    bundle: Any,
+    collection: Any,
+    *,
+    split: str | None = "test",
+    batch_size: int = 256,
+    n_pairs: int = 2000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``bundle`` on the ``split`` items of ``collection`` (all items if it has no splits).
+
+    Returns the metrics dict (keys in the module docstring); entries whose key
+    starts with ``_`` hold arrays for figures and are not part of the JSON.
+    """
+    from twinsight.embedding import embed_collection
+
+    if split and "split" in collection.items.columns:
+        mask = collection.items["split"].astype(str).to_numpy() == split
+        if not mask.any():
+            raise TwinsightError(
+                f"collection '{collection.name}' has no split '{split}'; "
+                f"available: {collection.splits}"
+            )
+    else:
+        if split and split != "test":
+            raise TwinsightError(
+                f"collection '{collection.name}' has no 'split' column, so no split '{split}'"
+            )
+        log.info(
+            "'%s' has no split column: evaluating on all %d items", collection.name, len(collection)
+        )
+        mask = np.ones(len(collection), dtype=bool)
+    need_pool = collection.has_params and collection.has_systems
+    full = embed_collection(
+        bundle,
+        collection if need_pool else collection.subset(mask),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    emb = full[mask] if need_pool else full
+    items = collection.items[mask].reset_index(drop=True)
+    result: dict[str, Any] = {"data": collection.name, "split": split, "items": int(mask.sum())}
+    if collection.has_labels:
+        labels = items["label"].to_numpy()
+        result.update(retrieval_metrics(emb, labels))
+    groups = None
+    try:
+        groups = pair_groups(collection.subset(mask))
+    except TwinsightError:
+        pass
+    if groups is not None:
+        try:
+            result["verification"] = verification_metrics(
+                emb, groups, getattr(bundle, "calibration", None), n_pairs=n_pairs, seed=seed
+            )
+        except TwinsightError as exc:
+            log.info("verification skipped: %s", exc)
+    if collection.has_params:
+        params = items[collection.param_columns].to_numpy(dtype=np.float64)
+        ranking = similarity_ranking(
+            emb, params, seed=seed, items=items, targets=getattr(bundle, "targets", None)
+        )
+        result["spearman"] = ranking["spearman"]
+        result["_pairs"] = ranking["pairs"]
+        if need_pool:
+            pool = SimilarityIndex.build(
+                full,
+                collection.items,
+                model_fingerprint=getattr(bundle, "fingerprint", ""),
+                param_columns=collection.param_columns,
+            )
+            rec = parameter_recovery(pool, emb, items, matching=getattr(bundle, "matching", None))
+            result.update(rec)
+    return result
+
+
+def public(result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of an evaluation result (drops the ``_`` array entries)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+# -- set to set -----------------------------------------------------------------------------------
+def frechet_distance(a: np.ndarray, b: np.ndarray, *, eps: float = 1e-6) -> dict[str, Any]:
+    """Frechet distance between Gaussians fitted to two embedding sets (FID in embedding space).
+
+    With fewer items than dimensions the covariances are singular: they are
+    regularized with ``eps``-scaled identity (shrinkage) and a warning is logged.
+    """
+    from scipy import linalg
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise TwinsightError(
+            f"FID needs two embedding sets of the same dimension, got {a.shape} and {b.shape}"
+        )
+    if len(a) < 2 or len(b) < 2:
+        raise TwinsightError(f"FID needs at least 2 images per set, got {len(a)} and {len(b)}")
+    d = a.shape[1]
+    regularized = min(len(a), len(b)) <= d
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    if regularized:
+        log.warning(
+            "FID: %d and %d images for %d dimensions; covariances are singular and were "
+            "regularized, so the value is rough: use more images than dimensions",
+            len(a),
+            len(b),
+            d,
+        )
+        s1 = s1 + eps * np.eye(d) * max(np.trace(s1) / d, 1e-12) * 1e3
+        s2 = s2 + eps * np.eye(d) * max(np.trace(s2) / d, 1e-12) * 1e3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(d) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = np.real(covmean)
+    value = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return {
+        "fid": max(value, 0.0),
+        "n_a": len(a),
+        "n_b": len(b),
+        "dim": d,
+        "regularized": regularized,
+    }

@@ -1,0 +1,525 @@
+"""SimilarityIndex: embeddings of a collection in a FAISS index, with its items table.
+
+An index is a value: build it from embeddings and an items table, save it to a
+folder, load it back, search it, merge shards of it. Nothing hidden: the folder
+holds ``index.faiss`` (the FAISS index, inner product on unit vectors, so the
+score is the cosine similarity the model was trained on), ``items.parquet``
+(one row per vector, in index order) and ``index.json`` (the model fingerprint
+and path, counts, dimension, index type, search settings, parameter columns,
+parameter normalizer and units).
+
+``index_type="auto"`` follows FAISS's guidelines ("Guidelines to choose an
+index" in the FAISS wiki): exact ``Flat`` below 200,000 vectors (a scan of
+200,000 x 128 floats takes a few ms), ``IVF{K},Flat`` with K about
+4*sqrt(N) (a power of two) up to 1,000,000 vectors, and ``IVF{K}_HNSW32,Flat``
+(K = 65,536, an HNSW coarse quantizer) beyond.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from twinsight.errors import TwinsightError
+from twinsight.fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT = "twinsight-index"
+VERSION = 1
+FILES = ("index.faiss", "items.parquet", "index.json")
+
+#: Batched queries use BLAS from this many queries on (FAISS's default, 128,000,
+#: makes a batch of 100 queries run as 100 scans: 5.4x slower here, see DESIGN.md).
+BLAS_THRESHOLD = 20
+BLAS_DATABASE_BS = 65536
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+# -- choosing and creating the FAISS index --------------------------------------------------------
+def resolve_index_type(index_type: str, n: int) -> str:
+    """The FAISS factory string for ``index_type`` ("Flat", "auto" or a factory string)."""
+    if not index_type or not isinstance(index_type, str):
+        raise TwinsightError(
+            f"index type {index_type!r} is empty; use 'Flat', 'auto' or a FAISS factory string"
+        )
+    if index_type.lower() == "flat":
+        return "Flat"
+    if index_type.lower() != "auto":
+        return index_type
+    if n < 200_000:
+        return "Flat"
+    if n < 1_000_000:
+        k = 2 ** int(round(math.log2(4 * math.sqrt(n))))
+        return f"IVF{k},Flat"
+    return "IVF65536_HNSW32,Flat"
+
+
+def _new_index(factory: str, d: int):
+    faiss = _faiss()
+    try:
+        return faiss.index_factory(int(d), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise TwinsightError(
+            f"FAISS cannot build index type '{factory}' ({first}); use 'Flat', 'auto' or a "
+            "factory string such as 'HNSW32' or 'IVF1024,Flat'"
+        ) from None
+
+
+def _unit(embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise TwinsightError(f"{what}: expected a 2-D array [N, d], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise TwinsightError(f"{what}: contains NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def _fill(index, vectors: np.ndarray, factory: str) -> None:
+    if not index.is_trained:
+        faiss = _faiss()
+        need = 1
+        ivf = None
+        with contextlib.suppress(RuntimeError):
+            ivf = faiss.extract_index_ivf(index)
+        if ivf is not None:
+            need = int(ivf.nlist)
+        if len(vectors) < need:
+            raise TwinsightError(
+                f"index type '{factory}' needs at least {need} vectors to train, got "
+                f"{len(vectors)}; use --index-type Flat (or auto) for a collection this small"
+            )
+        index.train(vectors)
+    index.add(vectors)
+
+
+def _set_search_params(index, nprobe: int | None, ef_search: int | None) -> None:
+    faiss = _faiss()
+    ps = faiss.ParameterSpace()
+    if nprobe is not None:
+        with contextlib.suppress(RuntimeError):
+            ps.set_index_parameter(index, "nprobe", int(nprobe))
+    if ef_search is not None:
+        with contextlib.suppress(RuntimeError):
+            ps.set_index_parameter(index, "efSearch", int(ef_search))
+
+
+@contextlib.contextmanager
+def faiss_search_settings(n_queries: int) -> Iterator[None]:
+    """Scoped FAISS settings for one search call, restored afterwards (no global change).
+
+    Batches of two or more queries use BLAS (threshold lowered from 128,000 to
+    20, database blocks of 65,536 vectors: FAISS's default 1,024 is 20x slower on
+    1M x 128); a single query keeps the non-BLAS scan (the lowered threshold
+    makes it 3-5x slower) and runs on one thread, faster here than two.
+    """
+    faiss = _faiss()
+    cvar = faiss.cvar
+    saved = (cvar.distance_compute_blas_threshold, cvar.distance_compute_blas_database_bs)
+    threads = faiss.omp_get_max_threads()
+    try:
+        if n_queries == 1:
+            faiss.omp_set_num_threads(1)
+        else:
+            cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+            cvar.distance_compute_blas_database_bs = BLAS_DATABASE_BS
+        yield
+    finally:
+        cvar.distance_compute_blas_threshold, cvar.distance_compute_blas_database_bs = saved
+        faiss.omp_set_num_threads(threads)
+
+
+def _parquet_safe(items: pd.DataFrame) -> pd.DataFrame:
+    items = items.reset_index(drop=True).copy()
+    for column in items.columns:
+        if items[column].dtype == object:
+            items[column] = items[column].astype(str)
+    return items
+
+
+# -- the value ------------------------------------------------------------------------------------
+@dataclass
+class SimilarityIndex:
+    """A FAISS index over unit embeddings plus its items table and metadata (see module doc)."""
+
+    index: Any
+    items: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        items: pd.DataFrame,
+        *,
+        model_fingerprint: str,
+        model_path: str | None = None,
+        index_type: str = "Flat",
+        param_columns: Sequence[str] = (),
+        normalizer: dict | None = None,
+        units: dict | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        extra: dict | None = None,
+    ) -> SimilarityIndex:
+        """Build an index from embeddings [N, d] (normalized here) and N items-table rows."""
+        vectors = _unit(embeddings)
+        if len(vectors) == 0:
+            raise TwinsightError(
+                "cannot build an index from 0 embeddings (the collection is empty)"
+            )
+        if len(vectors) != len(items):
+            raise TwinsightError(
+                f"{len(vectors)} embeddings but {len(items)} items-table rows; they must match"
+            )
+        if "key" not in items.columns:
+            raise TwinsightError("the items table of an index needs a 'key' column")
+        missing = [c for c in param_columns if c not in items.columns]
+        if missing:
+            raise TwinsightError(f"parameter column(s) {missing} are not in the items table")
+        factory = resolve_index_type(index_type, len(vectors))
+        index = _new_index(factory, vectors.shape[1])
+        _fill(index, vectors, factory)
+        if nprobe is None and factory.startswith("IVF"):
+            nprobe = 16
+        if ef_search is None and "HNSW" in factory:
+            ef_search = 64
+        _set_search_params(index, nprobe, ef_search)
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_fingerprint": str(model_fingerprint),
+            "model_path": None if model_path is None else str(model_path),
+            "count": int(len(vectors)),
+            "dim": int(vectors.shape[1]),
+            "index_type": factory,
+            "requested_index_type": index_type,
+            "metric": "inner_product",
+            "nprobe": nprobe,
+            "ef_search": ef_search,
+            "param_columns": list(param_columns),
+            "normalizer": normalizer,
+            "units": dict(units or {}),
+        }
+        meta.update(extra or {})
+        log.debug("built %s index of %d x %d", factory, len(vectors), vectors.shape[1])
+        return cls(index, _parquet_safe(items), meta)
+
+    # -- properties -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def model_fingerprint(self) -> str:
+        return str(self.meta.get("model_fingerprint", ""))
+
+    @property
+    def param_columns(self) -> list[str]:
+        return list(self.meta.get("param_columns") or [])
+
+    def params(self, columns: Sequence[str] | None = None) -> np.ndarray:
+        """Parameter values of the indexed items, float64 [N, P]."""
+        columns = self.param_columns if columns is None else list(columns)
+        self.check_params(columns)
+        return self.items[columns].to_numpy(dtype=np.float64)
+
+    def check_params(self, columns: Sequence[str]) -> None:
+        """Raise a clear error for a parameter the index does not hold."""
+        missing = [c for c in columns if c not in self.param_columns]
+        if missing:
+            raise TwinsightError(
+                f"the index does not hold parameter(s) {missing}; it holds "
+                f"{self.param_columns or 'no parameters'}"
+            )
+
+    def check_model(self, fingerprint: str, model_path: str | None = None) -> None:
+        """Refuse a query model that is not the one this index was built with."""
+        if str(fingerprint) != self.model_fingerprint:
+            where = f" ('{model_path}')" if model_path else ""
+            raise TwinsightError(
+                f"the model{where} has fingerprint {fingerprint} but the index was built with "
+                f"model {self.model_fingerprint} ('{self.meta.get('model_path')}'); embeddings "
+                "of different models are not comparable: rebuild the index with this model "
+                "or query with the index's own model"
+            )
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors [N, d] (exact for Flat/HNSW/IVF-Flat indexes)."""
+        faiss = _faiss()
+        with contextlib.suppress(RuntimeError):
+            faiss.extract_index_ivf(self.index).make_direct_map()
+        return self.index.reconstruct_n(0, self.index.ntotal)
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(
+        self,
+        query_embeddings: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` cosine similarities [Q, k] and positions [Q, k] (k clamped to the size)."""
+        queries = _unit(query_embeddings, "query embeddings")
+        if queries.shape[1] != self.dim:
+            raise TwinsightError(
+                f"query embeddings have dimension {queries.shape[1]} but the index holds "
+                f"dimension {self.dim}"
+            )
+        k = int(k)
+        if k < 1:
+            raise TwinsightError(f"k must be at least 1, got {k}")
+        if k > len(self):
+            log.info(
+                "k = %d is larger than the index (%d items); using k = %d", k, len(self), len(self)
+            )
+            k = len(self)
+        if nprobe is not None or ef_search is not None:
+            _set_search_params(self.index, nprobe, ef_search)
+        with faiss_search_settings(len(queries)):
+            sims, positions = self.index.search(queries, k)
+        return sims, positions.astype(np.int64)
+
+    def search_excluding(
+        self,
+        query_embeddings: np.ndarray,
+        k: int,
+        exclude_systems: Sequence[Any],
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search`, dropping per query the items of one system (None: none).
+
+        ``exclude_systems[q]`` is a system id (or None) for query q; the search
+        asks for extra neighbours so that ``k`` remain after dropping.
+        """
+        if "system" not in self.items.columns:
+            if any(s is not None for s in exclude_systems):
+                raise TwinsightError("cannot exclude systems: the index has no 'system' column")
+            return self.search(query_embeddings, k, **kwargs)
+        systems = self.items["system"].astype(str).to_numpy()
+        excl = [None if s is None else str(s) for s in exclude_systems]
+        counts = pd.Series(systems).value_counts()
+        extra = max((int(counts.get(s, 0)) for s in excl if s is not None), default=0)
+        k = min(int(k), len(self))
+        sims, pos = self.search(query_embeddings, min(k + extra, len(self)), **kwargs)
+        out_s = np.full((len(sims), k), -np.inf, dtype=np.float32)
+        out_p = np.full((len(sims), k), -1, dtype=np.int64)
+        for q in range(len(sims)):
+            keep = pos[q] >= 0
+            if excl[q] is not None:
+                keep &= systems[np.clip(pos[q], 0, None)] != excl[q]
+            s, p = sims[q][keep][:k], pos[q][keep][:k]
+            out_s[q, : len(s)], out_p[q, : len(p)] = s, p
+        return out_s, out_p
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``index.faiss``, ``items.parquet`` and ``index.json`` atomically to ``path``."""
+        faiss = _faiss()
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            self.items.to_parquet(tmp / "items.parquet", index=False)
+            (tmp / "index.json").write_text(json.dumps(self.meta, indent=2, default=str))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SimilarityIndex:
+        """Read an index folder; a missing, empty, truncated or foreign folder is a clear error."""
+        path = Path(path)
+        if not path.exists():
+            raise TwinsightError(
+                f"index folder '{path}' does not exist; build one with `twinsight index`"
+            )
+        if not path.is_dir():
+            raise TwinsightError(
+                f"'{path}' is a file, not an index folder (built by `twinsight index`)"
+            )
+        missing = [f for f in FILES if not (path / f).is_file()]
+        if missing:
+            raise TwinsightError(
+                f"'{path}' is not a twinsight index folder: missing {missing}; it may be empty, "
+                "foreign or left by an interrupted build; rebuild it with `twinsight index`"
+            )
+        meta = _read_meta(path / "index.json")
+        index = _read_faiss(path / "index.faiss")
+        try:
+            items = pd.read_parquet(path / "items.parquet")
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise TwinsightError(
+                f"'{path / 'items.parquet'}' is unreadable ({type(exc).__name__}); the index is "
+                "damaged: rebuild it with `twinsight index`"
+            ) from None
+        if not (int(index.ntotal) == len(items) == int(meta.get("count", -1))):
+            raise TwinsightError(
+                f"index '{path}' is inconsistent: {index.ntotal} vectors, {len(items)} items rows, "
+                f"index.json says {meta.get('count')}; rebuild it with `twinsight index`"
+            )
+        return cls(index, items, meta)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TwinsightError(
+            f"'{path}' is not valid JSON; the index is damaged: rebuild it with `twinsight index`"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TwinsightError(
+            f"'{path}' is not a twinsight index description (format should be '{FORMAT}')"
+        )
+    if int(meta.get("version", 0)) > VERSION:
+        raise TwinsightError(
+            f"'{path}' has index format version {meta.get('version')}; this twinsight reads "
+            f"up to {VERSION}: upgrade twinsight"
+        )
+    return meta
+
+
+def _read_faiss(path: Path):
+    faiss = _faiss()
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError:
+        raise TwinsightError(
+            f"'{path}' is not a readable FAISS index (truncated or foreign); rebuild the index "
+            "with `twinsight index`"
+        ) from None
+
+
+# -- merging shards -------------------------------------------------------------------------------
+def merge(shards: Sequence[SimilarityIndex], *, index_type: str | None = None) -> SimilarityIndex:
+    """Join shard indexes built with the same model into one (items in shard order)."""
+    if not shards:
+        raise TwinsightError("nothing to merge: give at least one index shard")
+    first = shards[0]
+    for i, shard in enumerate(shards[1:], start=2):
+        if shard.model_fingerprint != first.model_fingerprint:
+            raise TwinsightError(
+                f"shard {i} was built with model {shard.model_fingerprint} but shard 1 with "
+                f"{first.model_fingerprint}; shards of one index must share the model"
+            )
+        if shard.dim != first.dim or shard.param_columns != first.param_columns:
+            raise TwinsightError(
+                f"shard {i} has dimension {shard.dim} and parameters {shard.param_columns}, "
+                f"shard 1 has {first.dim} and {first.param_columns}; they cannot be merged"
+            )
+    items = pd.concat([s.items for s in shards], ignore_index=True)
+    dup = items["key"][items["key"].duplicated()]
+    if len(dup):
+        raise TwinsightError(
+            f"the shards overlap: key {dup.iloc[0]!r} (and {len(dup) - 1} more) appear twice; "
+            "was a shard given twice?"
+        )
+    vectors = np.concatenate([s.vectors() for s in shards])
+    meta = first.meta
+    keep = {"source", "shard_of", "matching", "preprocessing"}
+    return SimilarityIndex.build(
+        vectors,
+        items,
+        model_fingerprint=first.model_fingerprint,
+        model_path=meta.get("model_path"),
+        index_type=index_type or meta.get("requested_index_type", "Flat"),
+        param_columns=first.param_columns,
+        normalizer=meta.get("normalizer"),
+        units=meta.get("units"),
+        nprobe=meta.get("nprobe"),
+        ef_search=meta.get("ef_search"),
+        extra={k: v for k, v in meta.items() if k in keep and k != "shard_of"}
+        | {"merged_from": len(shards)},
+    )
+
+
+# -- from a model and a collection ----------------------------------------------------------------
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (1-based: 1/4 .. 4/4) -> (i, n); None stays None."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise TwinsightError(f"--shard {shard!r}: expected i/n such as 1/4 (1-based)") from None
+    if n < 1 or not 1 <= i <= n:
+        raise TwinsightError(f"--shard {shard!r}: need 1 <= i <= n (1-based), e.g. 1/4 .. 4/4")
+    return i, n
+
+
+def shard_positions(n_items: int, shard: tuple[int, int] | None) -> np.ndarray:
+    """The contiguous block of item positions that shard (i, n) covers."""
+    positions = np.arange(n_items)
+    if shard is None:
+        return positions
+    i, n = shard
+    return np.array_split(positions, n)[i - 1]
+
+
+def _source_name(name: str) -> str:
+    """An absolute path when the collection came from a path (so --plot works from anywhere)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def build_index(
+    bundle: Any,
+    collection: Any,
+    *,
+    model_path: str | None = None,
+    index_type: str = "Flat",
+    batch_size: int = 256,
+    shard: str | tuple[int, int] | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    progress: bool = False,
+) -> SimilarityIndex:
+    """Embed ``collection`` (or one shard of it) with ``bundle`` and index it."""
+    from twinsight.embedding import embed_collection
+
+    shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
+    positions = shard_positions(len(collection), shard_t)
+    part = collection if shard_t is None else collection.subset(positions)
+    if len(part) == 0:
+        raise TwinsightError(f"shard {shard} of '{collection.name}' is empty")
+    embeddings = embed_collection(bundle, part, batch_size=batch_size, progress=progress)
+    targets = getattr(bundle, "targets", None) or {}
+    params = [c for c in collection.param_columns]
+    return SimilarityIndex.build(
+        embeddings,
+        part.items,
+        model_fingerprint=bundle.fingerprint,
+        model_path=model_path,
+        index_type=index_type,
+        param_columns=params,
+        normalizer=targets.get("normalizer"),
+        units=dict(collection.meta.get("units") or {}),
+        nprobe=nprobe,
+        ef_search=ef_search,
+        extra={
+            "source": _source_name(collection.name),
+            "shard": None if shard_t is None else list(shard_t),
+            "matching": getattr(bundle, "matching", None),
+        },
+    )
