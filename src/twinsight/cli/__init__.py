@@ -16,6 +16,8 @@ from twinsight import __version__
 from twinsight.cli._app import app, err_console
 from twinsight.errors import TwinsightError
 
+_CHATTY_LOGGERS = ("PML", "lightning.pytorch", "lightning.fabric")
+
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -39,6 +41,9 @@ def _root(
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    # Third-party chatter (per-epoch k-NN notes, cloud-logging tips) only with --verbose.
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 # Command modules register their commands on `app` when imported.
