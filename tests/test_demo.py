@@ -330,25 +330,6 @@ def test_demo_refuses_a_foreign_folder(tmp_path, run_cli):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_split_by_system_keeps_systems_whole_and_is_seeded():
-    from twinsight.demo import split_by_system
-
-    systems = [f"s{i // 4}" for i in range(400)]  # 100 systems x 4 views
-    sides = split_by_system(systems, seed=0, val=0.1, test=0.2)
-    by_system: dict[str, set[str]] = {}
-    for system, side in zip(systems, sides, strict=True):
-        by_system.setdefault(system, set()).add(side)
-    assert all(len(v) == 1 for v in by_system.values())
-    counts = {
-        side: sum(v == {side} for v in by_system.values()) for side in ("train", "val", "test")
-    }
-    assert counts == {"train": 70, "val": 10, "test": 20}
-    assert split_by_system(systems, seed=0, val=0.1, test=0.2) == sides
-    assert split_by_system(systems, seed=1, val=0.1, test=0.2) != sides
-    with pytest.raises(TwinsightError, match="at least 3 systems"):
-        split_by_system(["a", "a", "b"], seed=0, val=0.1, test=0.1)
-
-
 def test_demo_stage_graph():
     from twinsight.demo import FULL, QUICK, demo_stages
 

@@ -355,3 +355,47 @@ def test_seed_layout_refuses_file_like_folder_name(tmp_path):
 
     with pytest.raises(TwinsightError, match="looks like a file name"):
         write_seed_layout(tmp_path / "x.fits", 1, 1, 16)
+
+
+def test_split_by_system_keeps_systems_whole_and_is_seeded():
+    from twinsight.simulate import split_by_system
+
+    systems = [f"s{i // 4}" for i in range(400)]  # 100 systems x 4 views
+    sides = split_by_system(systems, seed=0, val=0.1, test=0.2)
+    by_system: dict[str, set[str]] = {}
+    for system, side in zip(systems, sides, strict=True):
+        by_system.setdefault(system, set()).add(side)
+    assert all(len(v) == 1 for v in by_system.values())
+    counts = {
+        side: sum(v == {side} for v in by_system.values()) for side in ("train", "val", "test")
+    }
+    assert counts == {"train": 70, "val": 10, "test": 20}
+    assert split_by_system(systems, seed=0, val=0.1, test=0.2) == sides
+    assert split_by_system(systems, seed=1, val=0.1, test=0.2) != sides
+    with pytest.raises(TwinsightError, match="cannot split 2 systems"):
+        split_by_system(["a", "a", "b"], seed=0, val=0.1, test=0.1)
+    with pytest.raises(TwinsightError, match="test fraction must be in"):
+        split_by_system(["a", "b"], seed=0, test=1.5)
+
+
+def test_simulate_cli_split_column_packed_only(tmp_path, run_cli):
+    from twinsight.data.packed import read_packed
+
+    out = tmp_path / "s.h5"
+    result = run_cli(
+        "simulate", out, "--systems", 10, "--projections", 2, "--size", 16,
+        "--val-fraction", 0.2, "--test-fraction", 0.2, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    items = read_packed(out).items
+    per_system = items.groupby("system")["split"].nunique()
+    assert (per_system == 1).all()
+    assert items.groupby("split")["system"].nunique().to_dict() == {
+        "test": 2,
+        "train": 6,
+        "val": 2,
+    }
+    folder = tmp_path / "folder"
+    result = run_cli("simulate", folder, "--systems", 3, "--size", 16, "--test-fraction", 0.3)
+    assert result.exit_code == 2 and "packed output" in result.stderr
+    assert not folder.exists()

@@ -304,48 +304,27 @@ INDEX_DIR = "index"
 OBSERVATION_FITS = "observation/observation.fits"
 
 
-def split_by_system(systems: Sequence[str], seed: int, val: float, test: float) -> list[str]:
-    """``train`` / ``val`` / ``test`` per item, whole systems on one side, seeded."""
-    import numpy as np
-
-    names = sorted(set(map(str, systems)))
-    if len(names) < 3:
-        raise TwinsightError(f"the demo needs at least 3 systems to split, got {len(names)}")
-    order = np.random.default_rng([seed, 7]).permutation(len(names))
-    n_test = max(1, round(test * len(names)))
-    n_val = max(1, round(val * len(names)))
-    side = {}
-    for rank, i in enumerate(order):
-        side[names[i]] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")
-    return [side[str(s)] for s in systems]
-
-
 def _simulate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 1: the simulated set, packed, with a ``split`` column (whole systems per side).
 
-    The images and parameters are bit for bit those of ``twinsight simulate
-    --systems N --projections K --size S --seed SEED out.h5``; only the split
-    column is added.
+    The same as ``twinsight simulate out.h5 --systems N --projections K --size S
+    --seed SEED --val-fraction V --test-fraction T``.
     """
-    from twinsight.data.packed import write_packed
-    from twinsight.simulate import PARAMETERS, draw_views, simulate_systems
-    from twinsight.simulate.writers import render_systems, simulation_items, simulation_meta
+    from twinsight.data.readers import open_collection
+    from twinsight.simulate import write_simulation
 
-    systems = simulate_systems(s.n_systems, seed=seed)
-    views = [draw_views(s.n_projections, seed=seed, index=i) for i in range(len(systems))]
-    items = simulation_items(systems, views)
-    items["split"] = split_by_system(items["system"], seed, s.val_fraction, s.test_fraction)
-    images = render_systems(systems, views, s.size, seed, progress=True)
-    meta = simulation_meta(s.n_projections, s.size, seed)
-    write_packed(
+    path = write_simulation(
         run_dir / DATA_FILE,
-        items,
-        images,
-        (s.size, s.size),
-        param_columns=PARAMETERS,
-        meta=meta,
+        s.n_systems,
+        s.n_projections,
+        s.size,
+        seed,
+        val_fraction=s.val_fraction,
+        test_fraction=s.test_fraction,
         overwrite=True,
+        progress=True,
     )
+    items = open_collection(path).items
     per_split = items.groupby("split")["system"].nunique()
     return {"images": len(items), "systems": {k: int(v) for k, v in per_split.items()}}
 

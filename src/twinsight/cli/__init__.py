@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import typer
 from rich.text import Text
@@ -17,6 +18,7 @@ from twinsight.cli._app import app, err_console
 from twinsight.errors import TwinsightError
 
 _CHATTY_LOGGERS = ("PML", "lightning.pytorch", "lightning.fabric")
+_TRAINING_COMMANDS = ("train", "demo")
 
 
 def _version_callback(value: bool) -> None:
@@ -27,6 +29,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
     ),
@@ -42,8 +45,14 @@ def _root(
         force=True,
     )
     # Third-party chatter (per-epoch k-NN notes, cloud-logging tips) only with --verbose.
+    # Lightning resets its logger's level when first imported, so import it before quieting.
+    if ctx.invoked_subcommand in _TRAINING_COMMANDS:
+        import lightning.pytorch  # noqa: F401
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:  # a deprecation inside Lightning itself, not something users can act on
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 
 
 # Command modules register their commands on `app` when imported.

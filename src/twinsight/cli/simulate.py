@@ -83,6 +83,12 @@ def simulate(
     ),
     snr: float = typer.Option(30.0, "--snr", help="With --observe: peak signal-to-noise ratio."),
     beam: float = typer.Option(2.0, "--beam", help="With --observe: beam FWHM in pixels."),
+    val_fraction: float = typer.Option(
+        0.0, "--val-fraction", help="Packed output: share of systems marked split=val."
+    ),
+    test_fraction: float = typer.Option(
+        0.0, "--test-fraction", help="Packed output: share of systems marked split=test."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     json_out: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
 ) -> None:
@@ -111,7 +117,15 @@ def simulate(
         return
     start = time.perf_counter()
     path = write_simulation(
-        out, systems, projections, size, seed, overwrite=overwrite, progress=not json_out
+        out,
+        systems,
+        projections,
+        size,
+        seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        overwrite=overwrite,
+        progress=not json_out,
     )
     seconds = time.perf_counter() - start
     layout = "packed" if path.suffix.lower() in (".h5", ".hdf5") else "seed-layout"

@@ -7,7 +7,6 @@ unset keep the value of ``--config FILE`` (or the default).
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
@@ -92,8 +91,6 @@ def train(
         precision=precision, num_workers=num_workers, progress=progress,
     )  # fmt: skip
     cfg = resolve_config(config, **overrides)
-    # The CLI owns the log output: Lightning's start-up banner and tips are noise here.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if print_config:
         typer.echo(config_to_yaml(cfg), nl=False)
         return

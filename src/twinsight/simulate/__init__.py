@@ -17,6 +17,7 @@ from twinsight.simulate.render import FIELD_OF_VIEW_AU, pixel_scale, render_syst
 from twinsight.simulate.writers import (
     SIMULATOR_VERSION,
     simulate_collection,
+    split_by_system,
     write_packed_simulation,
     write_seed_layout,
     write_simulation,
@@ -36,5 +37,6 @@ __all__ = [
     "simulate_systems",
     "write_packed_simulation",
     "write_seed_layout",
+    "split_by_system",
     "write_simulation",
 ]

@@ -9,7 +9,7 @@ batched. Files are written atomically: an interrupted run leaves nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,35 @@ def write_seed_layout(
     return out_dir
 
 
+def split_by_system(
+    systems: Sequence[str], seed: int, val: float = 0.0, test: float = 0.0
+) -> list[str]:
+    """``train`` / ``val`` / ``test`` per item, whole systems on one side, seeded.
+
+    ``val`` and ``test`` are fractions of the systems (at least one system each when > 0).
+    """
+    for name, fraction in (("val", val), ("test", test)):
+        if not 0.0 <= fraction < 1.0:
+            raise TwinsightError(f"the {name} fraction must be in [0, 1), got {fraction}")
+    if val + test >= 1.0:
+        raise TwinsightError(
+            f"val + test fractions must leave systems to train on, got {val} + {test}"
+        )
+    names = sorted(set(map(str, systems)))
+    n_test = max(1, round(test * len(names))) if test > 0 else 0
+    n_val = max(1, round(val * len(names))) if val > 0 else 0
+    if n_test + n_val >= len(names):
+        raise TwinsightError(
+            f"cannot split {len(names)} systems into train, {n_val} val and {n_test} test "
+            "systems; simulate more systems or lower the fractions"
+        )
+    order = np.random.default_rng([seed, 7]).permutation(len(names))
+    side = {}
+    for rank, i in enumerate(order):
+        side[names[i]] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")
+    return [side[str(s)] for s in systems]
+
+
 def write_packed_simulation(
     out_path: str | Path,
     n_systems: int,
@@ -194,12 +223,17 @@ def write_packed_simulation(
     size: int = 64,
     seed: int = 0,
     *,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Write one packed HDF5 file (:mod:`twinsight.data.packed`), streaming system by system.
 
     Only the items table is held in memory; images go to disk as they are rendered.
+    With ``val_fraction`` / ``test_fraction`` the items get a ``split`` column
+    (``train`` / ``val`` / ``test``, whole systems on one side, seeded), which
+    training and evaluation respect.
     """
     n_systems, n_projections, size = check_sizes(n_systems, n_projections, size)
     out_path = Path(out_path)
@@ -207,6 +241,8 @@ def write_packed_simulation(
     systems = simulate_systems(n_systems, seed=seed)
     views = _system_views(systems, n_projections, seed, 0)
     items = simulation_items(systems, views)
+    if val_fraction or test_fraction:
+        items["split"] = split_by_system(items["system"], seed, val_fraction, test_fraction)
     return write_packed(
         out_path,
         items,
@@ -225,13 +261,34 @@ def write_simulation(
     size: int = 64,
     seed: int = 0,
     *,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
-    """Write a simulated set: a packed file when ``out`` ends in ``.h5``, else a folder."""
+    """Write a simulated set: a packed file when ``out`` ends in ``.h5``, else a folder.
+
+    A ``split`` column (``val_fraction`` / ``test_fraction``) needs the packed file: the
+    seed-000 folder layout has no place for it.
+    """
     out = Path(out)
     if out.suffix.lower() in (".h5", ".hdf5"):
-        writer = write_packed_simulation
-    else:
-        writer = write_seed_layout
-    return writer(out, n_systems, n_projections, size, seed, overwrite=overwrite, progress=progress)
+        return write_packed_simulation(
+            out,
+            n_systems,
+            n_projections,
+            size,
+            seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    if val_fraction or test_fraction:
+        raise TwinsightError(
+            f"--val-fraction/--test-fraction need a packed output (a .h5 path), not the "
+            f"folder '{out}': the seed-000 layout has no split column"
+        )
+    return write_seed_layout(
+        out, n_systems, n_projections, size, seed, overwrite=overwrite, progress=progress
+    )
