@@ -10,10 +10,10 @@
     force on 1,000,000 x 128 unit vectors: single queries and batches of 100.
 
 Medians of several runs. Prints a summary, updates the "Matching and search"
-section of BENCHMARKS.md (with --write), and prints one JSON object as its
+section of BENCHMARKS.md (unless --no-write), and prints one JSON object as its
 last line.
 
-    python benchmarks/match.py [--write] [--collection 10000] [--vectors 1000000]
+    python benchmarks/match.py [--no-write] [--collection 10000] [--vectors 1000000]
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pair-batch", type=int, default=256)
-    ap.add_argument("--write", action="store_true", help="Update BENCHMARKS.md.")
+    ap.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
     args = ap.parse_args()
     import faiss
 
@@ -236,7 +236,7 @@ def main() -> None:
     print(f"single: faiss {v['faiss_single_s']:.4f} s, numpy {v['numpy_single_s']:.4f} s")
     print(f"batch 100: faiss {v['faiss_batch100_s']:.3f} s, numpy {v['numpy_batch100_s']:.3f} s")
     res["machine"]["load_end"] = round(os.getloadavg()[0], 2)
-    if args.write:
+    if not args.no_write:
         update_benchmarks(_markdown(res))
     print(json.dumps(res))
 

@@ -7,10 +7,10 @@ a learned ``a * cos + b``), batch size 64:
 - seeds: a batch of 64 pairs, each member sent through the network separately
   (two forward passes of 64 images), loss over those 64 pairs.
 
-Prints a table and, as its last line, one JSON object; ``--write`` updates the
+Prints a table and, as its last line, one JSON object; it updates the
 "Training" section of BENCHMARKS.md (only that section).
 
-    OMP_NUM_THREADS=2 python benchmarks/train_pairs.py --repeats 5 --write
+    OMP_NUM_THREADS=2 python benchmarks/train_pairs.py --repeats 5
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def write_section(result: dict, path: Path = ROOT / "BENCHMARKS.md") -> None:
         f"| pairwise loop: each pair member through the network (seeds) | "
         f"{result['seeds_pairs_per_s']:,} |\n"
         f"| **ratio** | **{result['ratio']}x** |\n\n"
-        "Run: `OMP_NUM_THREADS=2 python benchmarks/train_pairs.py --repeats 5 --write`\n"
+        "Run: `OMP_NUM_THREADS=2 python benchmarks/train_pairs.py --repeats 5`\n"
     )
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(r"## Training\n.*?(?=\n## |\Z)", re.S)
@@ -143,13 +143,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
     args = parser.parse_args()
     result = measure(args.batch_size, args.steps, args.repeats)
     print(f"ours  {result['ours_pairs_per_s']:>10,} pairs/s")
     print(f"seeds {result['seeds_pairs_per_s']:>10,} pairs/s")
     print(f"ratio {result['ratio']}x")
-    if args.write:
+    if not args.no_write:
         write_section(result)
     print(json.dumps(result))
 

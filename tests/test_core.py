@@ -183,3 +183,13 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_public_api_names_resolve():
+    import twinsight
+
+    for name in twinsight.__all__:
+        assert getattr(twinsight, name) is not None, name
+    assert callable(twinsight.train) and callable(twinsight.open_collection)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        twinsight.nope  # noqa: B018

@@ -19,18 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from twinsight.data.readers import SIMULATOR_PARAMETERS
 from twinsight.errors import TwinsightError
 
 #: The seven physical parameters, named exactly as in the seed-000 files.
-PARAMETERS: tuple[str, ...] = (
-    "Envelope_mass",
-    "accretion_rate",
-    "temperature",
-    "mass",
-    "disk_size",
-    "luminosity",
-    "age",
-)
+PARAMETERS: tuple[str, ...] = SIMULATOR_PARAMETERS
 
 #: Units of the seven parameters (stored in the items meta, HDF5 and FITS headers).
 UNITS: dict[str, str] = {
