@@ -1,6 +1,6 @@
 """Evaluation of a trained model: retrieval, verification, similarity ranking, parameter recovery.
 
-JSON keys (stable; documented in docs/search.md):
+JSON keys (stable; documented in the README, "JSON keys"):
 
 - labels: ``precision_at_1``, ``r_precision``, ``mean_average_precision_at_r``,
   ``recall_at_k`` ({k: value}), ``k``; verification on balanced pairs:

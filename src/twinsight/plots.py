@@ -211,7 +211,7 @@ def plot_search_results(
     """Seed 004's figure: each query (left) beside its matches, titled with their similarity."""
     n_q = len(queries)
     k = max((len(m) for m in matches), default=0)
-    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.8 * (k + 1), 2.0 * n_q), squeeze=False)
+    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.8 * (k + 1), 2.3 * n_q), squeeze=False)
     for q in range(n_q):
         _show_image(axes[q, 0], queries[q])
         name = query_names[q] if query_names else str(q)

@@ -17,7 +17,7 @@ from twinsight import __version__
 from twinsight.cli._app import app, err_console
 from twinsight.errors import TwinsightError
 
-_CHATTY_LOGGERS = ("PML", "lightning.pytorch", "lightning.fabric")
+_CHATTY_LOGGERS = ("PML", "lightning.pytorch", "lightning.fabric", "faiss")
 _TRAINING_COMMANDS = ("train", "demo")
 
 

@@ -18,7 +18,7 @@ Opening reads metadata only (image headers, HDF5 attributes and scalars);
 images are read on demand, in batches. Every bad input raises
 :class:`~twinsight.errors.TwinsightError` naming the file, row or column.
 
-Policies (documented in docs/data.md):
+Policies (documented in the README, "Data: what twinsight reads"):
 
 - values: 8-bit images are divided by 255, 16-bit images by 65535, float
   images (TIFF mode ``F``, FITS, HDF5) are kept as they are;

@@ -6,7 +6,7 @@
 :class:`~twinsight.data.collection.Collection`, the writers produce the seed-000
 per-system HDF5 layout or one packed file (:mod:`.writers`), and ``observe``
 writes one telescope-like FITS observation (:mod:`.observe`). The physical
-model is documented in docs/simulator.md.
+model is documented in the README ("The protostellar simulator").
 """
 
 from __future__ import annotations
