@@ -328,3 +328,36 @@ def test_plots_ranked_pairs_and_curves(tmp_path):
     assert (tmp_path / "c.svg").read_text().startswith("<?xml")
     with pytest.raises(TwinsightError, match="unknown format"):
         plot_training_curves(history, tmp_path / "c.bmp2")
+
+
+def test_telescope_augmentation_blurs_and_adds_noise_to_about_half():
+    from twinsight.training import random_telescope
+
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, :, 8, 8] = 1.0  # point sources: a beam spreads them
+    out = random_telescope(x, max_beam=3.0, min_snr=10.0)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
+    changed = (out - x).abs().amax(dim=(1, 2, 3)) > 1e-6
+    assert 16 <= int(changed.sum()) <= 48  # about half of the batch
+    seen = out[changed]
+    assert (seen[:, 0, 0, 0] != 0).any()  # noise reaches the empty background
+    neighbours = seen[:, 0, 8, 9] - seen[:, 0, 0, 0]
+    assert float(neighbours.mean()) > 0.05  # light spread next to the source
+    untouched = out[~changed]
+    torch.testing.assert_close(untouched, x[~changed])
+
+
+def test_cli_train_with_telescope_augmentation(tmp_path, run_cli):
+    data = tmp_path / "sims.h5"
+    assert (
+        run_cli("simulate", data, "--systems", 12, "--projections", 2, "--size", 16).exit_code == 0
+    )
+    result = run_cli(
+        "train", data, "--out", tmp_path / "run", "--targets", "params", "--epochs", 1,
+        "--augment", "telescope", "--beam", 2, "--snr", 20, "--batch-size", 8, "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "augment: telescope" in config and "beam: 2.0" in config and "snr: 20.0" in config

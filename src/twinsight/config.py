@@ -53,12 +53,21 @@ class DataConfig(_Section):
     normalize: Literal["minmax", "standardize", "none"] | None = Field(
         None, description="per-image normalization (default: the encoder's)"
     )
-    augment: Literal["auto", "none", "affine"] = Field(
-        "auto", description="random shifts/rotations of training batches (auto: on for labels)"
+    augment: Literal["auto", "none", "affine", "telescope"] = Field(
+        "auto",
+        description="training-batch augmentation: affine (random shifts/rotations; auto: on "
+        "for labels) or telescope (random beam blur and noise, so that observations match "
+        "clean simulations)",
     )
     rotate: float = Field(12.0, ge=0, le=180, description="augmentation rotation, degrees")
     shift: float = Field(0.1, ge=0, le=0.5, description="augmentation shift, image fraction")
     scale: float = Field(0.1, ge=0, lt=1, description="augmentation zoom range (+/-)")
+    beam: float = Field(
+        3.0, ge=0, le=20, description="telescope augmentation: largest beam FWHM, pixels"
+    )
+    snr: float = Field(
+        10.0, gt=0, description="telescope augmentation: lowest peak signal-to-noise ratio"
+    )
 
 
 class EncoderConfig(_Section):
@@ -156,6 +165,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "channels": ("data", "channels"),
     "normalize": ("data", "normalize"),
     "augment": ("data", "augment"),
+    "beam": ("data", "beam"),
+    "snr": ("data", "snr"),
     "encoder": ("encoder", "name"),
     "embedding_dim": ("encoder", "embedding_dim"),
     "weights": ("encoder", "weights"),

@@ -252,6 +252,7 @@ class DemoSettings:
     beam_fwhm: float
     snr: float
     n_shown: int
+    augment: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -350,6 +351,7 @@ def _train(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
         seed=seed,
         early_stopping=0,
         num_workers=0,
+        augment=s.augment,
     )
     return {"model_fingerprint": bundle.fingerprint, "metrics": bundle.training.get("metrics")}
 

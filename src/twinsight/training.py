@@ -263,6 +263,38 @@ def random_affine(x: torch.Tensor, rotate: float, shift: float, scale: float) ->
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def random_telescope(x: torch.Tensor, max_beam: float, min_snr: float) -> torch.Tensor:
+    """Half of the images seen as a telescope would: a Gaussian beam and noise.
+
+    Each chosen image is blurred with a beam of FWHM uniform in [0, ``max_beam``] pixels and
+    gets Gaussian noise of sigma = peak / SNR, SNR log-uniform in [``min_snr``, 10 min_snr];
+    then it is min-max scaled again, as the model's preprocessing does for a query.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    chosen = torch.rand(b, device=dev) < 0.5
+    if not bool(chosen.any()):
+        return x
+    sigma = torch.rand(b, device=dev) * max_beam / 2.3548  # FWHM -> sigma
+    radius = max(1, math.ceil(3 * max_beam / 2.3548))
+    offsets = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)
+    kernel = kernel / kernel.sum(1, keepdim=True)  # [B, K], separable
+    flat = x.reshape(1, b * c, h, w)
+    k = kernel.repeat_interleave(c, 0)
+    pad = (radius, radius, radius, radius)
+    blurred = F.conv2d(F.pad(flat, pad, mode="reflect" if radius < min(h, w) else "replicate"),
+                       k[:, None, None, :], groups=b * c)  # fmt: skip
+    blurred = F.conv2d(blurred, k[:, None, :, None], groups=b * c).reshape(b, c, h, w)
+    snr = min_snr * 10 ** torch.rand(b, device=dev)
+    peak = blurred.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+    noisy = blurred + torch.randn_like(blurred) * peak / snr.view(b, 1, 1, 1)
+    lo = noisy.amin(dim=(1, 2, 3), keepdim=True)
+    span = (noisy.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
+    seen = (noisy - lo) / span
+    return torch.where(chosen.view(b, 1, 1, 1), seen, x)
+
+
 # -- metrics --------------------------------------------------------------------------------------
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, k_max: int = 1000) -> dict:
     """Precision@1 and MAP@R of leave-one-out retrieval (pytorch-metric-learning).
@@ -361,7 +393,7 @@ class SiameseModule(pl.LightningModule):
         name = enc.pop("name", cfg.encoder.name)
         self.encoder = create_encoder(name, weights=cfg.encoder.weights, **enc)
         self.loss_fn = create_loss(loss_name, **cfg.loss.options)
-        self.augment = _augment_choice(cfg, self.spec.kind) == "affine"
+        self.augment = _augment_choice(cfg, self.spec.kind)
         self.history: list[dict[str, float]] = []
         self._loss_sum = 0.0
         self._loss_n = 0
@@ -380,9 +412,11 @@ class SiameseModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
-        if self.augment:
-            d = self.cfg.data
+        d = self.cfg.data
+        if self.augment == "affine":
             x = random_affine(x, d.rotate, d.shift, d.scale)
+        elif self.augment == "telescope":
+            x = random_telescope(x, d.beam, d.snr)
         loss = self.pair_loss(x, y)
         if not torch.isfinite(loss):
             raise TwinsightError(
