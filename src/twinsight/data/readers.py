@@ -51,6 +51,7 @@ from PIL import Image, UnidentifiedImageError
 from twinsight.data.builtins import BUILTIN_NAMES, is_builtin, load_builtin
 from twinsight.data.collection import RESERVED_COLUMNS, Collection
 from twinsight.data.packed import is_packed, read_packed, write_packed
+from twinsight.data.transforms import convert_channels, resize_images
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import check_output_path
 from twinsight.progress import track
@@ -192,31 +193,6 @@ def _check_channels(channels: int | None) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # shared image conversions
 # ---------------------------------------------------------------------------------------------
-def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize float32 images [N, C, H, W] to ``size`` (H, W), bilinear with antialiasing."""
-    n, c, h, w = images.shape
-    if (h, w) == tuple(size):
-        return images
-    out = np.empty((n, c, size[0], size[1]), dtype=np.float32)
-    for i in range(n):
-        for j in range(c):
-            img = Image.fromarray(np.ascontiguousarray(images[i, j], dtype=np.float32), mode="F")
-            out[i, j] = np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-    return out
-
-
-def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """Bring images [N, C, H, W] to 1 channel (mean) or 3 (gray repeated)."""
-    have = images.shape[1]
-    if have == channels:
-        return images
-    if channels == 1:
-        return images.mean(axis=1, keepdims=True, dtype=np.float32)
-    if have == 1:
-        return np.repeat(images, channels, axis=1)
-    raise TwinsightError(f"cannot turn {have}-channel images into {channels} channels")
-
-
 class AdaptedLoader:
     """Wraps a collection's loader with a channel conversion and/or a resize."""
 

@@ -49,26 +49,31 @@ class Preprocessing:
         return preprocess(images, self)
 
 
-def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    n, c, _, _ = images.shape
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize float32 images [N, C, H, W] to ``size`` (H, W), bilinear, antialiased."""
+    n, c, h, w = images.shape
+    if (h, w) == tuple(size):
+        return images
     out = np.empty((n, c, size[0], size[1]), dtype=np.float32)
     for i in range(n):
         for j in range(c):
-            img = Image.fromarray(images[i, j].astype(np.float32), mode="F")
+            img = Image.fromarray(np.ascontiguousarray(images[i, j], dtype=np.float32), mode="F")
             out[i, j] = np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
     return out
 
 
-def _match_channels(images: np.ndarray, channels: int) -> np.ndarray:
+def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Bring images [N, C, H, W] to 1 channel (the mean) or 3 (a gray image repeated)."""
     have = images.shape[1]
     if have == channels:
         return images
     if channels == 1:
-        return images.mean(axis=1, keepdims=True)
+        return images.mean(axis=1, keepdims=True, dtype=np.float32)
     if have == 1:
         return np.repeat(images, channels, axis=1)
     raise TwinsightError(
-        f"cannot turn {have}-channel images into the {channels} channels the model expects"
+        f"cannot turn {have}-channel images into {channels} channels "
+        "(only 1 -> 3 by repetition, or any -> 1 by the channel mean)"
     )
 
 
@@ -93,9 +98,8 @@ def preprocess(images: np.ndarray, spec: Preprocessing) -> np.ndarray:
         raise TwinsightError(f"expected images [N, C, H, W], got shape {images.shape}")
     if not np.isfinite(images).all():
         images = np.nan_to_num(images, nan=0.0, posinf=0.0, neginf=0.0)
-    images = _match_channels(images, spec.channels)
-    if tuple(images.shape[2:]) != tuple(spec.size):
-        images = _resize(images, tuple(spec.size))
+    images = convert_channels(images, spec.channels)
+    images = resize_images(images, tuple(spec.size))
     if spec.normalize == "minmax":
         images = minmax_per_image(images)
     elif spec.normalize == "standardize":
