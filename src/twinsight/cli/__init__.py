@@ -56,11 +56,14 @@ def _root(
 
 
 # Command modules register their commands on `app` when imported.
-from twinsight.cli import data as _data  # noqa: E402,F401
-from twinsight.cli import demo as _demo  # noqa: E402,F401
-from twinsight.cli import search as _search  # noqa: E402,F401
+# Registration order is the order of `twinsight --help`: the pipeline's order.
+# isort: off
 from twinsight.cli import simulate as _simulate  # noqa: E402,F401
+from twinsight.cli import data as _data  # noqa: E402,F401
 from twinsight.cli import train as _train  # noqa: E402,F401
+from twinsight.cli import search as _search  # noqa: E402,F401
+from twinsight.cli import demo as _demo  # noqa: E402,F401
+# isort: on
 
 
 def main(argv: list[str] | None = None) -> None:
