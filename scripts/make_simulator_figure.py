@@ -23,13 +23,7 @@ from PIL import Image  # noqa: E402
 
 from twinsight.fsutil import atomic_file  # noqa: E402
 from twinsight.simulate import render_system  # noqa: E402
-from twinsight.simulate.priors import (  # noqa: E402
-    accretion_luminosity,
-    bolometric_temperature,
-    photospheric_luminosity,
-    stellar_radius,
-    system_rng,
-)
+from twinsight.simulate.priors import parameters_on_track, system_rng  # noqa: E402
 
 AGES = (1e4, 3e4, 1e5, 3e5, 1e6)
 INCLINATIONS = (0.0, 40.0, 65.0, 80.0, 90.0)
@@ -37,22 +31,7 @@ INCLINATIONS = (0.0, 40.0, 65.0, 80.0, 90.0)
 
 def evolutionary_params(age: float, mass: float = 0.5) -> dict[str, float]:
     """Parameters on the prior's mean trend at ``age`` (no scatter), for a ``mass`` star."""
-    x = np.log10(age) - 4.0
-    env = 10 ** (-0.3 - 0.85 * x + 0.3 * np.log10(mass))
-    disk = 10 ** (np.log10(25.0) + 0.55 * x + 0.2 * np.log10(mass))
-    mdot = 10 ** (-5.2 - 0.9 * x + 0.6 * np.log10(mass))
-    radius = stellar_radius(mass, age)
-    lum = photospheric_luminosity(mass, age) + accretion_luminosity(mass, mdot, radius)
-    temp = bolometric_temperature(lum, env, mass)
-    return {
-        "Envelope_mass": env,
-        "accretion_rate": mdot,
-        "temperature": temp,
-        "mass": mass,
-        "disk_size": disk,
-        "luminosity": lum,
-        "age": age,
-    }
+    return parameters_on_track(np.log10(age), mass)
 
 
 def make_figure(out: Path, size: int = 64) -> Path:

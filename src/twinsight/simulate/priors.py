@@ -98,20 +98,31 @@ def bolometric_temperature(luminosity: float, envelope_mass: float, mass: float)
     return float(70.0 * ratio**-0.6 * luminosity**0.1)
 
 
-def draw_parameters(rng: np.random.Generator) -> dict[str, float]:
-    """Draw the seven parameters of one system (see module docstring for the model)."""
-    log_age = rng.uniform(4.0, 6.0)
+def parameters_on_track(
+    log_age: float,
+    mass: float,
+    *,
+    envelope_dex: float = 0.0,
+    disk_dex: float = 0.0,
+    accretion_dex: float = 0.0,
+    luminosity_dex: float = 0.0,
+    temperature_dex: float = 0.0,
+) -> dict[str, float]:
+    """The seven parameters on the evolutionary track, each offset by its own scatter (dex).
+
+    With no offsets this is the prior's mean trend (used for the README figure); the
+    values are not clipped to :data:`LIMITS`.
+    """
     x = log_age - 4.0  # 0 (Class 0) ... 2 (Class II)
     age = 10.0**log_age
-    mass = 10.0 ** rng.uniform(np.log10(0.1), np.log10(3.0))
-    env = 10.0 ** (-0.3 - 0.85 * x + 0.3 * np.log10(mass) + rng.normal(0.0, 0.3))
-    disk = 10.0 ** (np.log10(25.0) + 0.55 * x + 0.2 * np.log10(mass) + rng.normal(0.0, 0.18))
-    mdot = 10.0 ** (-5.2 - 0.9 * x + 0.6 * np.log10(mass) + rng.normal(0.0, 0.4))
+    env = 10.0 ** (-0.3 - 0.85 * x + 0.3 * np.log10(mass) + envelope_dex)
+    disk = 10.0 ** (np.log10(25.0) + 0.55 * x + 0.2 * np.log10(mass) + disk_dex)
+    mdot = 10.0 ** (-5.2 - 0.9 * x + 0.6 * np.log10(mass) + accretion_dex)
     radius = stellar_radius(mass, age)
     lum = photospheric_luminosity(mass, age) + accretion_luminosity(mass, mdot, radius)
-    lum *= 10.0 ** rng.normal(0.0, 0.12)
-    temp = bolometric_temperature(lum, env, mass) * 10.0 ** rng.normal(0.0, 0.12)
-    values = {
+    lum *= 10.0**luminosity_dex
+    temp = bolometric_temperature(lum, env, mass) * 10.0**temperature_dex
+    return {
         "Envelope_mass": env,
         "accretion_rate": mdot,
         "temperature": temp,
@@ -120,6 +131,21 @@ def draw_parameters(rng: np.random.Generator) -> dict[str, float]:
         "luminosity": lum,
         "age": age,
     }
+
+
+def draw_parameters(rng: np.random.Generator) -> dict[str, float]:
+    """Draw the seven parameters of one system (see module docstring for the model)."""
+    log_age = rng.uniform(4.0, 6.0)
+    mass = 10.0 ** rng.uniform(np.log10(0.1), np.log10(3.0))
+    values = parameters_on_track(
+        log_age,
+        mass,
+        envelope_dex=rng.normal(0.0, 0.3),
+        disk_dex=rng.normal(0.0, 0.18),
+        accretion_dex=rng.normal(0.0, 0.4),
+        luminosity_dex=rng.normal(0.0, 0.12),
+        temperature_dex=rng.normal(0.0, 0.12),
+    )
     return {k: float(np.clip(v, *LIMITS[k])) for k, v in values.items()}
 
 
