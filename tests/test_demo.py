@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from twinsight.demo import Stage, read_stages, run_stages
+from twinsight.pipeline import Stage, read_stages, run_stages
 from twinsight.errors import TwinsightError
 
 
@@ -344,3 +344,36 @@ def test_demo_stage_graph():
     assert FULL.n_systems >= 1000 and FULL.size == 64 and FULL.n_projections == 8
     full = {s.name: s for s in demo_stages(FULL, seed=3)}
     assert full["train"].config != by_name["train"].config
+
+
+def test_every_demo_setting_enters_a_stage_fingerprint():
+    """A setting left out of every stage's config would let a re-run skip a changed stage."""
+    from dataclasses import fields, replace
+
+    from twinsight.demo import QUICK, demo_stages
+    from twinsight.pipeline import input_fingerprint
+
+    upstream = {"simulate": "s", "train": "t", "index": "i", "observe": "o", "match": "m",
+                "calibrate": "c"}  # fmt: skip
+    base = {s.name: input_fingerprint(s, upstream) for s in demo_stages(QUICK, 0)}
+    for f in fields(QUICK):
+        value = getattr(QUICK, f.name)
+        changed = {"none": "telescope"}.get(value, value) if isinstance(value, str) else value * 2
+        if isinstance(value, str) and changed == value:
+            changed = value + "-other"
+        other = {s.name: input_fingerprint(s, upstream) for s in demo_stages(
+            replace(QUICK, **{f.name: changed}), 0)}  # fmt: skip
+        assert other != base, f"demo setting '{f.name}' enters no stage fingerprint"
+
+
+def test_train_stage_fingerprint_covers_augment():
+    from dataclasses import replace
+
+    from twinsight.demo import QUICK, demo_stages
+    from twinsight.pipeline import input_fingerprint
+
+    def train_fp(settings):
+        stage = {s.name: s for s in demo_stages(settings, 0)}["train"]
+        return input_fingerprint(stage, {"simulate": "x"})
+
+    assert train_fp(QUICK) != train_fp(replace(QUICK, augment="telescope"))

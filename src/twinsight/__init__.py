@@ -1,13 +1,18 @@
 """twinsight: learn image similarity with Siamese networks and put it to work.
 
-The public Python API, importable from here (loaded on first use, so that
-``import twinsight`` stays fast)::
+The whole workflow is here, one function per step, each returning a typed result
+whose ``to_dict()`` is what the CLI prints with ``--json``::
 
     import twinsight
 
-    sims = twinsight.open_collection("sims.h5")
-    bundle = twinsight.train(sims, "runs/sims", targets="params")
-    index = twinsight.build_index(bundle, sims, model_path="runs/sims")
+    sims = twinsight.simulate("sims.h5", n_systems=200, val_fraction=0.1, test_fraction=0.1)
+    run = twinsight.train(sims, "runs/sims", targets="params", epochs=5)
+    index = twinsight.build_index(run, sims)
+    estimate = twinsight.match(index, "observation.fits")
+    print(estimate.to_dict(with_values=False)["parameters"]["mass"])
+
+The names are loaded on first use, so that ``import twinsight`` stays fast and
+leaves the process as it was (no matplotlib backend, no FAISS settings).
 """
 
 from __future__ import annotations
@@ -26,24 +31,43 @@ from twinsight.errors import TwinsightError  # noqa: E402
 
 #: Public name -> module that defines it.
 _API = {
-    "open_collection": "twinsight.data.readers",
+    # the workflow
+    "open_collection": "twinsight.api",
+    "simulate": "twinsight.api",
+    "observe": "twinsight.api",
+    "train": "twinsight.api",
+    "load_model": "twinsight.api",
+    "build_index": "twinsight.api",
+    "load_index": "twinsight.api",
+    "merge_indexes": "twinsight.api",
+    "search": "twinsight.api",
+    "compare": "twinsight.api",
+    "match": "twinsight.api",
+    "evaluate": "twinsight.api",
+    "fid": "twinsight.api",
+    "run_demo": "twinsight.demo",
+    # the types it returns and takes
+    "TrainConfig": "twinsight.config",
+    "ModelBundle": "twinsight.models.bundle",
+    "SimilarityIndex": "twinsight.index",
+    "SearchParameters": "twinsight.index",
+    "ParameterEstimate": "twinsight.inference",
+    "SearchResult": "twinsight.results",
+    "Comparison": "twinsight.results",
+    "Evaluation": "twinsight.results",
+    "FidResult": "twinsight.results",
+    "TrainResult": "twinsight.results",
+    "DemoResult": "twinsight.demo",
+    # building blocks and registries
     "ParameterNormalizer": "twinsight.data.params",
-    "simulate_collection": "twinsight.simulate",
-    "write_simulation": "twinsight.simulate",
-    "observe": "twinsight.simulate",
+    "register_reader": "twinsight.data.readers",
+    "list_readers": "twinsight.data.readers",
     "create_encoder": "twinsight.models.encoders",
+    "register_encoder": "twinsight.models.encoders",
     "list_encoders": "twinsight.models.encoders",
     "create_loss": "twinsight.losses",
+    "register_loss": "twinsight.losses",
     "list_losses": "twinsight.losses",
-    "ModelBundle": "twinsight.models.bundle",
-    "embed_collection": "twinsight.embedding",
-    "train": "twinsight.api",
-    "TrainConfig": "twinsight.config",
-    "SimilarityIndex": "twinsight.index",
-    "build_index": "twinsight.index",
-    "estimate_parameters": "twinsight.inference",
-    "run_demo": "twinsight.demo",
-    "build_report": "twinsight.report",
 }
 
 __all__ = ["Collection", "TwinsightError", "__version__", *_API]
@@ -53,3 +77,7 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'twinsight' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,12 +43,16 @@ class DataConfig(_Section):
         "auto",
         description="parameters normalized in log10; auto: the positive ones with max/min >= 20",
     )
-    param_norm: Literal["zscore", "minmax"] = "zscore"
+    param_norm: Literal["zscore", "minmax"] = Field(
+        "zscore", description="how parameters are normalized before the kernel"
+    )
     kernel: Literal["cosine", "rbf"] = Field(
         "cosine", description="target similarity of two normalized parameter vectors"
     )
     width: float = Field(1.0, gt=0, description="rbf kernel width (normalized units)")
-    val_fraction: float = Field(0.05, gt=0, lt=1, description="held out when no 'val' split")
+    val_fraction: float = Field(
+        0.05, gt=0, lt=1, description="share held out for validation when there is no 'val' split"
+    )
     image_size: int | None = Field(None, ge=4, description="square input size (default: data)")
     channels: int | None = Field(None, ge=1, description="input channels (default: data)")
     normalize: Literal["minmax", "standardize", "none"] | None = Field(
@@ -73,16 +78,20 @@ class DataConfig(_Section):
 class EncoderConfig(_Section):
     """The twin network (one registry: seed-cnn, small-cnn, resnet*, timm:<name>)."""
 
-    name: str = "small-cnn"
-    embedding_dim: int = Field(128, ge=2)
-    weights: str | None = Field(None, description="local pretrained weights file")
+    name: str = Field("small-cnn", description="encoder: small-cnn, seed-cnn, resnet18, timm:NAME")
+    embedding_dim: int = Field(128, ge=2, description="embedding dimension")
+    weights: str | None = Field(None, description="local pretrained weights file for the encoder")
     options: dict[str, Any] = Field(default_factory=dict, description="encoder-specific options")
 
 
 class LossConfig(_Section):
     """The loss on the B x B similarity matrix (contrastive, bce, triplet, mse, ...)."""
 
-    name: str = Field("auto", description="auto: multi-similarity for labels, mse for params")
+    name: str = Field(
+        "auto",
+        description="loss: multi-similarity, contrastive, bce, mse, triplet, ...; auto: "
+        "multi-similarity for labels, mse for params",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="e.g. {margin: 0.5}")
 
 
@@ -100,9 +109,11 @@ class SamplerConfig(_Section):
 class OptimConfig(_Section):
     """AdamW and its learning-rate schedule."""
 
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "plateau", "none"] = "cosine"
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    schedule: Literal["cosine", "plateau", "none"] = Field(
+        "cosine", description="learning-rate schedule"
+    )
     warmup_epochs: int = Field(1, ge=0, description="linear warm-up before cosine decay")
     plateau_patience: int = Field(2, ge=0)
 
@@ -110,9 +121,9 @@ class OptimConfig(_Section):
 class TrainerConfig(_Section):
     """The training loop."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=2)
-    seed: int = 0
+    epochs: int = Field(30, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(128, ge=2, description="images per batch (B(B-1)/2 pairs)")
+    seed: int = Field(0, description="random seed (reproducible CPU runs)")
     early_stopping: int = Field(
         10, ge=0, description="epochs without validation gain before stopping (0: off)"
     )
@@ -122,15 +133,17 @@ class TrainerConfig(_Section):
 class RuntimeConfig(_Section):
     """Where and how fast it runs; not part of the configuration hash."""
 
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = Field(1, ge=1)
-    precision: str = Field("auto", description="auto: 16-mixed on GPU, 32 on CPU")
+    accelerator: str = Field("auto", description="auto, cpu, gpu, ... (Lightning)")
+    devices: str = Field("auto", description="devices (Lightning): auto, 1, 4, '0,1'")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    num_nodes: int = Field(1, ge=1, description="number of nodes (Lightning)")
+    precision: str = Field(
+        "auto", description="auto, 32-true, 16-mixed, bf16-mixed; auto: 16-mixed on GPU, 32 on CPU"
+    )
     num_workers: int = Field(0, ge=0, description="data-loader workers for on-disk data")
     in_memory_gb: float = Field(2.0, ge=0, description="load the data in memory below this")
     deterministic: bool = Field(True, description="deterministic algorithms where cheap")
-    progress: bool = True
+    progress: bool = Field(True, description="show progress")
 
 
 class TrainConfig(_Section):
@@ -189,6 +202,37 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "num_workers": ("runtime", "num_workers"),
     "progress": ("runtime", "progress"),
 }
+
+
+#: Overrides that are not a field of their own (they set a key of an options dict).
+_OPTION_OVERRIDES: dict[str, tuple[type, str]] = {
+    "margin": (float, "loss margin (contrastive, triplet)"),
+}
+
+
+@dataclass(frozen=True)
+class OverrideField:
+    """One flat training option: its name, Python type, default and help (from the config)."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+
+def override_fields() -> list[OverrideField]:
+    """Every flat training option, described by its pydantic field (what the CLI is built from)."""
+    defaults = TrainConfig()
+    out = []
+    for name, (section, path) in OVERRIDES.items():
+        if name in _OPTION_OVERRIDES:
+            kind, text = _OPTION_OVERRIDES[name]
+            out.append(OverrideField(name, kind, None, text))
+            continue
+        info = type(getattr(defaults, section)).model_fields[path]
+        default = getattr(getattr(defaults, section), path)
+        out.append(OverrideField(name, info.annotation, default, info.description or name))
+    return out
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -1,8 +1,9 @@
 """The end-to-end demo: simulate, train, index, observe, match, calibrate, report.
 
-:func:`run_demo` is what ``twinsight demo`` calls. It chains the same public
-API functions the individual commands call (no special path), as a list of
-:class:`Stage` objects run by :func:`run_stages`:
+:func:`run_demo` is what ``twinsight demo`` calls. It chains the façade's
+functions (:mod:`twinsight.api`, the ones the individual commands call; no
+special path), as :class:`~twinsight.pipeline.Stage` objects run by
+:func:`~twinsight.pipeline.run_stages`, which skips the stages that are up to date:
 
 1. ``simulate``    a seeded set of protostellar systems, written packed (.h5)
 2. ``train``       a model with parameter targets (train/val split by system)
@@ -11,225 +12,27 @@ API functions the individual commands call (no special path), as a list of
 5. ``match``       best matches and the parameter estimate of that observation
 6. ``calibrate``   the estimate on every held-out test system: R², coverage
 7. ``report``      the self-contained ``report.html``
-
-Each stage records in ``DIR/stages.json`` a fingerprint of its inputs (its
-config plus the fingerprints of its upstream stages' outputs) and a
-fingerprint of its own outputs. A re-run skips a stage whose inputs are
-unchanged and whose outputs are still on disk, byte for byte; ``force``
-re-runs everything.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from twinsight import api
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
+from twinsight.io import dumps_json
+from twinsight.pipeline import EventHook, Stage, StageResult, run_stages
+from twinsight.report import LAYOUT, build_report, read_json
 
 log = logging.getLogger(__name__)
-
-STAGES_FILE = "stages.json"
-STAGES_FORMAT = "twinsight-demo-stages"
-
-#: ``on_event(stage_name, status, seconds)``: status is "start", "ran" or "skipped".
-EventHook = Callable[[str, str, float], None]
-
-
-# -- the stage runner ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stage:
-    """One step of a pipeline run in a folder.
-
-    ``action(run_dir)`` writes every path of ``outputs`` (relative to the run
-    folder, files or folders) and returns a small JSON-able dict of facts
-    recorded in ``stages.json``. ``config`` holds every setting that changes
-    what the stage produces; ``depends`` names the upstream stages whose
-    outputs it reads.
-    """
-
-    name: str
-    description: str
-    outputs: tuple[str, ...]
-    action: Callable[[Path], dict[str, Any]]
-    config: dict[str, Any] = field(default_factory=dict)
-    depends: tuple[str, ...] = ()
-
-
-@dataclass
-class StageResult:
-    """What happened to one stage: ``ran`` or ``skipped``, how long, with which fingerprints."""
-
-    name: str
-    status: str
-    seconds: float
-    fingerprint: str
-    outputs_fingerprint: str
-    info: dict[str, Any]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def path_fingerprint(path: Path) -> str | None:
-    """sha256 of a file, or of a folder's (relative path, file hash) list; None if missing."""
-    if path.is_file():
-        return _sha256_file(path)
-    if not path.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        digest.update(f"{rel}\0{_sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def outputs_fingerprint(run_dir: Path, outputs: Sequence[str]) -> str | None:
-    """One fingerprint over all outputs of a stage; None when any of them is missing."""
-    digest = hashlib.sha256()
-    for rel in outputs:
-        fp = path_fingerprint(run_dir / rel)
-        if fp is None:
-            return None
-        digest.update(f"{rel}\0{fp}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def input_fingerprint(stage: Stage, upstream: dict[str, str]) -> str:
-    """Fingerprint of what a stage is computed from: its config and its inputs' outputs."""
-    payload = {
-        "stage": stage.name,
-        "config": stage.config,
-        "upstream": {name: upstream[name] for name in stage.depends},
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read_stages(run_dir: str | Path) -> dict[str, Any]:
-    """The stage record of a run folder (an empty record when there is none yet)."""
-    path = Path(run_dir) / STAGES_FILE
-    if not path.is_file():
-        return {"format": STAGES_FORMAT, "version": 1, "run": {}, "stages": {}}
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TwinsightError(
-            f"stage record '{path}' is not valid JSON ({exc}); delete it or pass --force"
-        ) from None
-    if not isinstance(record, dict) or record.get("format") != STAGES_FORMAT:
-        raise TwinsightError(
-            f"'{path}' is not a twinsight stage record (format '{STAGES_FORMAT}'); "
-            "choose another --out folder"
-        )
-    record.setdefault("stages", {})
-    return record
-
-
-def _write_stages(run_dir: Path, record: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / STAGES_FILE, json.dumps(record, indent=2, default=str) + "\n")
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TwinsightError(f"output folder '{run_dir}' is a file; choose a folder for --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / STAGES_FILE).is_file():
-        raise TwinsightError(
-            f"output folder '{run_dir}' is not empty and holds no {STAGES_FILE}, so it is not a "
-            "twinsight demo folder; choose a new or empty folder for --out"
-        )
-
-
-def _can_skip(run_dir: Path, stage: Stage, fingerprint: str, old: dict[str, Any] | None) -> bool:
-    if not old or old.get("fingerprint") != fingerprint:
-        return False
-    return outputs_fingerprint(run_dir, stage.outputs) == old.get("outputs_fingerprint")
-
-
-def run_stages(
-    run_dir: str | Path,
-    stages: Sequence[Stage],
-    *,
-    force: bool = False,
-    run_info: dict[str, Any] | None = None,
-    on_event: EventHook | None = None,
-) -> list[StageResult]:
-    """Run ``stages`` in order in ``run_dir``, skipping the up-to-date ones unless ``force``.
-
-    ``stages.json`` is rewritten after every stage, so an interrupted run keeps
-    the stages it finished and resumes after them.
-    """
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names):
-        raise TwinsightError(f"stage names must be unique, got {names}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = read_stages(run_dir)
-    record["run"] = dict(run_info or {})
-    done: dict[str, str] = {}
-    results = []
-    for stage in stages:
-        missing = [d for d in stage.depends if d not in done]
-        if missing:
-            raise TwinsightError(f"stage '{stage.name}' depends on {missing}, which run later")
-        fingerprint = input_fingerprint(stage, done)
-        old = record["stages"].get(stage.name)
-        if not force and _can_skip(run_dir, stage, fingerprint, old):
-            result = StageResult(
-                stage.name, "skipped", 0.0, fingerprint, old["outputs_fingerprint"], old["info"]
-            )
-            log.info("%s: up to date, skipped", stage.name)
-        else:
-            result = _run_one(run_dir, stage, fingerprint, on_event)
-            record["stages"][stage.name] = {
-                "description": stage.description,
-                "fingerprint": fingerprint,
-                "outputs": list(stage.outputs),
-                "outputs_fingerprint": result.outputs_fingerprint,
-                "config": stage.config,
-                "depends": list(stage.depends),
-                "seconds": round(result.seconds, 3),
-                "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "info": result.info,
-            }
-            _write_stages(run_dir, record)
-        if on_event is not None and result.status == "skipped":
-            on_event(stage.name, "skipped", 0.0)
-        done[stage.name] = result.outputs_fingerprint
-        results.append(result)
-    _write_stages(run_dir, record)
-    return results
-
-
-def _run_one(
-    run_dir: Path, stage: Stage, fingerprint: str, on_event: EventHook | None
-) -> StageResult:
-    if on_event is not None:
-        on_event(stage.name, "start", 0.0)
-    log.info("%s: %s", stage.name, stage.description)
-    start = time.perf_counter()
-    info = stage.action(run_dir) or {}
-    seconds = time.perf_counter() - start
-    produced = outputs_fingerprint(run_dir, stage.outputs)
-    if produced is None:
-        absent = [rel for rel in stage.outputs if not (run_dir / rel).exists()]
-        raise TwinsightError(f"stage '{stage.name}' finished without writing {absent}")
-    if on_event is not None:
-        on_event(stage.name, "ran", seconds)
-    return StageResult(stage.name, "ran", seconds, fingerprint, produced, info)
 
 
 # -- the demo pipeline ---------------------------------------------------------------------------
@@ -303,6 +106,7 @@ DATA_FILE = "data/simulations.h5"
 TRAIN_DIR = "train"
 INDEX_DIR = "index"
 OBSERVATION_FITS = "observation/observation.fits"
+FIGURES_DIR = "figures"
 
 
 def _simulate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
@@ -311,36 +115,31 @@ def _simulate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     The same as ``twinsight simulate out.h5 --systems N --projections K --size S
     --seed SEED --val-fraction V --test-fraction T``.
     """
-    from twinsight.data.readers import open_collection
-    from twinsight.simulate import write_simulation
-
-    path = write_simulation(
+    sims = api.simulate(
         run_dir / DATA_FILE,
-        s.n_systems,
-        s.n_projections,
-        s.size,
-        seed,
+        n_systems=s.n_systems,
+        n_projections=s.n_projections,
+        size=s.size,
+        seed=seed,
         val_fraction=s.val_fraction,
         test_fraction=s.test_fraction,
         overwrite=True,
         progress=True,
     )
-    items = open_collection(path).items
-    per_split = items.groupby("split")["system"].nunique()
-    return {"images": len(items), "systems": {k: int(v) for k, v in per_split.items()}}
+    per_split = sims.items.groupby("split")["system"].nunique()
+    return {"images": len(sims), "systems": {k: int(v) for k, v in per_split.items()}}
 
 
 def _train(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 2: ``twinsight train`` with parameter targets on the train/val systems."""
-    from twinsight.api import train
-    from twinsight.simulate import PARAMETERS
+    from twinsight.data.schema import SIMULATOR_PARAMETERS
 
-    bundle = train(
+    run = api.train(
         run_dir / DATA_FILE,
         run_dir / TRAIN_DIR,
         overwrite=True,
         targets="params",
-        log10=list(PARAMETERS),  # all seven span one to four decades
+        log10=list(SIMULATOR_PARAMETERS),  # all seven span one to four decades
         kernel=s.kernel,
         width=s.width,
         encoder=s.encoder,
@@ -353,34 +152,20 @@ def _train(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
         num_workers=0,
         augment=s.augment,
     )
-    return {"model_fingerprint": bundle.fingerprint, "metrics": bundle.training.get("metrics")}
-
-
-def _trainval(collection: Any) -> Any:
-    import numpy as np
-
-    split = collection.items["split"].astype(str).to_numpy()
-    return collection.subset(np.isin(split, ["train", "val"]))
+    return {"model_fingerprint": run.bundle.fingerprint, "metrics": run.bundle.training.get("metrics")}
 
 
 def _index(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 3: ``twinsight index`` over the training and validation systems (never test)."""
-    from twinsight.data.readers import open_collection
-    from twinsight.index import build_index
-    from twinsight.models.bundle import ModelBundle
-
-    model = run_dir / TRAIN_DIR / "model"
-    bundle = ModelBundle.load(model)
-    pool = _trainval(open_collection(str(run_dir / DATA_FILE)))
-    index = build_index(bundle, pool, model_path=str(model), progress=True)
+    sims = api.open_collection(run_dir / DATA_FILE)
+    pool = sims.subset(np.isin(sims.items["split"].astype(str).to_numpy(), ["train", "val"]))
+    index = api.build_index(run_dir / TRAIN_DIR / "model", pool, progress=True)
     index.save(run_dir / INDEX_DIR, overwrite=True)
-    return {"items": len(index), "model_fingerprint": bundle.fingerprint}
+    return {"items": len(index), "model_fingerprint": index.model_fingerprint}
 
 
 def observed_system(items: Any, seed: int) -> str:
     """The held-out (test) system the demo observes: one drawn with the seed."""
-    import numpy as np
-
     test = sorted(set(items.loc[items["split"].astype(str) == "test", "system"].astype(str)))
     if not test:
         raise TwinsightError("the simulated set has no test systems to observe")
@@ -389,15 +174,13 @@ def observed_system(items: Any, seed: int) -> str:
 
 def _observe(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 4: ``twinsight observe`` of one held-out system (beam, noise, new viewing angle)."""
-    from twinsight.data.readers import open_collection
-    from twinsight.report import LAYOUT
-    from twinsight.simulate import PARAMETERS, observe
+    from twinsight.data.schema import SIMULATOR_PARAMETERS
 
-    items = open_collection(str(run_dir / DATA_FILE)).items
+    items = api.open_collection(run_dir / DATA_FILE).items
     system = observed_system(items, seed)
     row = items[items["system"].astype(str) == system].iloc[0]
-    params = {p: float(row[p]) for p in PARAMETERS}
-    truth = observe(
+    params = {p: float(row[p]) for p in SIMULATOR_PARAMETERS}
+    truth = api.observe(
         run_dir / OBSERVATION_FITS,
         params,
         seed=seed,
@@ -418,111 +201,45 @@ def _observe(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
 
 def _match(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 5: ``twinsight match`` of the observation: best matches, parameter estimate."""
-    from twinsight.data.readers import open_collection
-    from twinsight.index import SimilarityIndex
-    from twinsight.inference import embed_queries, estimate_parameters, load_queries, query_truths
-    from twinsight.models.bundle import ModelBundle
-    from twinsight.plots import plot_parameter_matches, plot_search_results
-    from twinsight.report import LAYOUT
-
-    bundle = ModelBundle.load(run_dir / TRAIN_DIR / "model")
-    index = SimilarityIndex.load(run_dir / INDEX_DIR)
-    index.check_model(bundle.fingerprint, str(run_dir / TRAIN_DIR / "model"))
-    queries = load_queries([str(run_dir / OBSERVATION_FITS)], bundle.preprocessing)
-    embeddings = embed_queries(bundle, queries)
-    columns = index.param_columns
-    estimate = estimate_parameters(
-        index,
-        embeddings,
-        matching=bundle.matching or index.meta.get("matching"),
-        truths=query_truths(queries, columns),
-        query_names=[OBSERVATION_FITS],
-    )[0]
+    index = api.load_index(run_dir / INDEX_DIR)
+    observation = str(run_dir / OBSERVATION_FITS)
+    estimate = api.match(index, observation, model=run_dir / TRAIN_DIR / "model")
+    estimate.query = OBSERVATION_FITS
     write_text_atomic(
-        run_dir / LAYOUT["estimate"],
-        json.dumps(estimate.to_dict(with_values=True), indent=2, default=float) + "\n",
+        run_dir / LAYOUT["estimate"], dumps_json(estimate.to_dict(with_values=True)) + "\n"
     )
-    shown = min(s.n_shown, estimate.n_matches)
-    library = open_collection(str(run_dir / DATA_FILE))
-    by_key = {k: i for i, k in enumerate(library.items["key"].astype(str))}
-    images = library.images([by_key[k] for k in estimate.keys[:shown]])
-    plot_search_results(
-        queries.raw[:1],
-        [images],
-        estimate.similarities[None, :shown],
-        [estimate.systems[:shown]],
-        run_dir / LAYOUT["fig_matches"],
-        query_names=["observation"],
-    )
-    plot_parameter_matches(estimate, run_dir / LAYOUT["fig_parameters"])
+    shown = api.search(index, observation, s.n_shown, model=run_dir / TRAIN_DIR / "model")
+    shown.plot(run_dir / LAYOUT["fig_matches"], query_names=["observation"], caption="system")
+    estimate.plot(run_dir / LAYOUT["fig_parameters"])
     return {"n_matches": estimate.n_matches, "calibrated": estimate.calibrated}
 
 
 def _calibrate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 6: ``twinsight evaluate`` on the held-out test systems: R², coverage, pairs."""
-    import numpy as np
-
-    from twinsight.data.readers import open_collection
-    from twinsight.evaluate import evaluate, public
-    from twinsight.models.bundle import ModelBundle
-    from twinsight.plots import (
-        plot_coverage_calibration,
-        plot_ranked_pairs,
-        plot_recovery,
-        select_ranked_pairs,
+    result = api.evaluate(
+        run_dir / TRAIN_DIR / "model", run_dir / DATA_FILE, split="test", seed=seed, progress=True
     )
-    from twinsight.report import LAYOUT
-
-    bundle = ModelBundle.load(run_dir / TRAIN_DIR / "model")
-    collection = open_collection(str(run_dir / DATA_FILE))
-    result = evaluate(bundle, collection, split="test", seed=seed, progress=True)
-    data = public(result)
+    data = result.to_dict()
     params = data.get("parameters") or {}
-    test = collection.items["split"].astype(str) == "test"
+    items = result.collection.items
     data["summary"] = {
-        "systems": int(collection.items.loc[test, "system"].nunique()),
+        "systems": int(items.loc[items["split"].astype(str) == "test", "system"].nunique()),
         "coverage_68": float(np.mean([p["coverage_68"] for p in params.values()])),
         "coverage_95": float(np.mean([p["coverage_95"] for p in params.values()])),
     }
-    write_text_atomic(
-        run_dir / LAYOUT["calibration"], json.dumps(data, indent=2, default=float) + "\n"
-    )
-    plot_coverage_calibration(result["calibration_curve"], run_dir / LAYOUT["fig_calibration"])
-    arrays = result["_arrays"]
-    scales = [params[c].get("scale", "linear") for c in params]
-    plot_recovery(
-        list(params),
-        arrays["truth"],
-        arrays["median"],
-        scales,
-        run_dir / LAYOUT["fig_recovery"],
-        r2=[p["r2"] for p in params.values()],
-    )
-    i, j, predicted, target = result["_pairs"]
-    pick = np.unique(np.concatenate(list(select_ranked_pairs(predicted, 8).values())))
-    held_out = collection.split("test")
-    plot_ranked_pairs(
-        held_out.images(i[pick]),
-        held_out.images(j[pick]),
-        predicted[pick],
-        target[pick],
-        run_dir / LAYOUT["fig_pairs"],
-    )
+    write_text_atomic(run_dir / LAYOUT["calibration"], dumps_json(data) + "\n")
+    result.plot(run_dir / FIGURES_DIR)
     return data["summary"]
 
 
 def _report(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     """Stage 7: the self-contained HTML report, from the JSON and PNG outputs above."""
-    from twinsight.report import build_report
-
     return {"report": str(build_report(run_dir))}
 
 
 def demo_stages(settings: DemoSettings, seed: int) -> list[Stage]:
     """The seven stages of the demo, with their configs, outputs and dependencies."""
     from functools import partial
-
-    from twinsight.report import LAYOUT
 
     cfg = settings.to_dict()
 
@@ -552,7 +269,7 @@ def demo_stages(settings: DemoSettings, seed: int) -> list[Stage]:
             "training the Siamese network on parameter similarity",
             [TRAIN_DIR + "/model", TRAIN_DIR + "/metrics.json", TRAIN_DIR + "/training_curves.png"],
             _train,
-            ["epochs", "batch_size", "encoder", "embedding_dim", "lr", "kernel", "width"],
+            ["epochs", "batch_size", "encoder", "embedding_dim", "lr", "kernel", "width", "augment"],
             ("simulate",),
         ),
         stage(
@@ -642,7 +359,6 @@ def run_demo(
     re-run skips the stages that are up to date unless ``force``.
     """
     from twinsight import __version__
-    from twinsight.report import LAYOUT, read_json
 
     settings = QUICK if quick else FULL
     run_dir = Path(out)

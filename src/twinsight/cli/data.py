@@ -1,4 +1,4 @@
-"""CLI commands: ``info`` and ``pack`` (see :mod:`twinsight.data.readers`)."""
+"""CLI commands: ``info`` and ``pack`` (:func:`twinsight.api.info`, :func:`twinsight.api.pack`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from twinsight.cli._app import app, console, err_console, print_json
-from twinsight.data.readers import open_collection, pack_collection, summarize_collection
 
 _SOURCE_HELP = (
     "A folder (one sub-folder per class, or per-system .h5 files), a .csv/.parquet table, "
@@ -32,8 +31,9 @@ def info(
     Prints a table, or with --json only JSON (keys: source, n_items, image_shape, dtype,
     labels, parameters, n_systems, n_projections, splits).
     """
-    collection = open_collection(source, image_size=image_size, hdu=hdu)
-    summary = summarize_collection(collection, source=source)
+    from twinsight.api import info as describe
+
+    summary = describe(source, image_size=image_size, hdu=hdu).to_dict()
     if json_output:
         print_json(summary)
         return
@@ -86,10 +86,10 @@ def pack(
     Written atomically: an existing OUT is refused unless --overwrite, and a failure
     midway leaves no partial file.
     """
-    from twinsight.fsutil import check_output_path
+    from twinsight.api import pack as pack_source
 
-    check_output_path(out, overwrite)  # refuse early, before scanning a large source
-    collection = open_collection(source, image_size=image_size, hdu=hdu)
-    path = pack_collection(collection, out, overwrite=overwrite, batch_size=batch_size)
-    c, h, w = collection.image_shape
-    err_console.print(f"packed {len(collection):,} images of {c}x{h}x{w} into {path}")
+    packed = pack_source(
+        source, out, overwrite=overwrite, image_size=image_size, batch_size=batch_size, hdu=hdu
+    )
+    c, h, w = packed.image_shape
+    err_console.print(f"packed {len(packed):,} images of {c}x{h}x{w} into {out}")

@@ -44,9 +44,9 @@ def _run_observe(
     overwrite: bool,
     json_out: bool,
 ) -> None:
-    from twinsight.simulate import observe as observe_fn
+    from twinsight.api import observe as write_observation
 
-    truth = observe_fn(
+    truth = write_observation(
         out,
         params,
         seed=seed,
@@ -93,7 +93,7 @@ def simulate(
     json_out: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
 ) -> None:
     """Simulate protostellar systems: seed-000 HDF5 folder, packed .h5, or --observe FITS."""
-    from twinsight.simulate import write_simulation
+    from twinsight.api import simulate as write_simulation
 
     if out.suffix.lower() in _FITS_SUFFIXES or observe:
         if not observe:
@@ -116,18 +116,19 @@ def simulate(
         )
         return
     start = time.perf_counter()
-    path = write_simulation(
+    write_simulation(
         out,
-        systems,
-        projections,
-        size,
-        seed,
+        n_systems=systems,
+        n_projections=projections,
+        size=size,
+        seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         overwrite=overwrite,
         progress=not json_out,
     )
     seconds = time.perf_counter() - start
+    path = out
     layout = "packed" if path.suffix.lower() in (".h5", ".hdf5") else "seed-layout"
     summary = {
         "path": str(path),

@@ -1,17 +1,23 @@
-"""CLI command ``twinsight train``: thin wrapper over :func:`twinsight.api.train`.
+"""CLI command ``twinsight train``: parse, call :func:`twinsight.api.train`, print.
 
-Every option is a field of :class:`twinsight.config.TrainConfig`; options left
-unset keep the value of ``--config FILE`` (or the default).
+The training options are generated from :class:`twinsight.config.TrainConfig`:
+each flat override (:data:`twinsight.config.OVERRIDES`) becomes one option whose
+help is the field's description, so an option is written once, in the config.
+Options left unset keep the value of ``--config FILE`` (or the default).
 """
 
 from __future__ import annotations
 
-import json
+import inspect
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from twinsight.cli._app import app, console, print_json
+from twinsight.config import OverrideField, override_fields
 from twinsight.errors import TwinsightError
 
 
@@ -29,69 +35,88 @@ def _log10_option(value: str | None) -> list[str] | str | None:
     return _split_list(value)
 
 
-@app.command()
-def train(
-    data: str = typer.Argument(None, help="Images: a path or a built-in name (mnist5k, ...)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder to create."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML configuration file."),
-    encoder: str = typer.Option(None, help="Encoder: small-cnn, seed-cnn, resnet18, timm:NAME."),
-    embedding_dim: int = typer.Option(None, help="Embedding dimension [default: 128]."),
-    weights: str = typer.Option(None, help="Local pretrained weights file for the encoder."),
-    loss: str = typer.Option(None, help="Loss: multi-similarity, contrastive, bce, mse, ..."),
-    margin: float = typer.Option(None, help="Loss margin (contrastive, triplet)."),
-    targets: str = typer.Option(None, help="labels | params | auto [default: auto]."),
-    params: str = typer.Option(None, help="Parameter columns, comma-separated."),
-    log10: str = typer.Option(
-        None, help="Parameters normalized in log10 (a,b | auto | none) [default: auto]."
-    ),
-    param_norm: str = typer.Option(None, help="zscore | minmax [default: zscore]."),
-    kernel: str = typer.Option(None, help="Parameter similarity kernel: rbf | cosine."),
-    width: float = typer.Option(None, help="rbf kernel width."),
-    sampler: str = typer.Option(None, help="auto | random | m-per-class | m-per-system."),
-    m: int = typer.Option(None, "--m", help="Images per class/system in a batch."),
-    epochs: int = typer.Option(None, help="Maximum number of epochs."),
-    batch_size: int = typer.Option(None, help="Images per batch (B(B-1)/2 pairs)."),
-    lr: float = typer.Option(None, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay."),
-    schedule: str = typer.Option(None, help="cosine | plateau | none."),
-    early_stopping: int = typer.Option(None, help="Patience in epochs (0: off)."),
-    val_fraction: float = typer.Option(None, help="Held out for validation without a val split."),
-    image_size: int = typer.Option(None, help="Resize images to this square size."),
-    channels: int = typer.Option(None, help="Input channels (1 or 3)."),
-    normalize: str = typer.Option(None, help="minmax | standardize | none."),
-    augment: str = typer.Option(None, help="auto | affine | telescope | none."),
-    beam: float = typer.Option(None, help="Telescope augmentation: largest beam FWHM, pixels."),
-    snr: float = typer.Option(None, help="Telescope augmentation: lowest peak SNR."),
-    seed: int = typer.Option(None, help="Random seed (reproducible CPU runs)."),
-    accelerator: str = typer.Option(None, help="auto | cpu | gpu | ... (Lightning)."),
-    devices: str = typer.Option(None, help="Devices (Lightning): auto, 1, 4, '0,1'."),
-    strategy: str = typer.Option(None, help="Lightning strategy: auto, ddp, ..."),
-    num_nodes: int = typer.Option(None, help="Number of nodes (Lightning)."),
-    precision: str = typer.Option(None, help="auto | 32-true | 16-mixed | bf16-mixed."),
-    num_workers: int = typer.Option(None, help="Data-loader workers (on-disk data)."),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show progress."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
-    print_config: bool = typer.Option(
-        False, "--print-config", help="Print the effective configuration as YAML and exit."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-) -> None:
+#: Options whose CLI text is parsed before it reaches the config.
+_PARSERS = {"params": _split_list, "log10": _log10_option}
+_LIST_HELP = {
+    "params": " (comma-separated)",
+    "log10": " (a,b | auto | none)",
+}
+
+
+def _cli_type(annotation: Any) -> type:
+    """The scalar type an option is typed as on the command line (choices stay strings)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _cli_type(args[0])
+    if annotation in (int, float, bool):
+        return annotation
+    return str
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The allowed values of a Literal (or Literal | None) annotation."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is typing.Literal:
+            return [str(a) for a in typing.get_args(arg)]
+    return []
+
+
+def _option(field: OverrideField) -> inspect.Parameter:
+    kind = _cli_type(field.type)
+    text = field.help[:1].upper() + field.help[1:] + _LIST_HELP.get(field.name, "")
+    choices = _choices(field.type)
+    if choices and field.name not in _LIST_HELP:
+        text += f" ({' | '.join(choices)})"
+    if field.default not in (None, [], {}):
+        shown = ",".join(field.default) if isinstance(field.default, list) else field.default
+        text += rf". \[default: {shown}]"
+    flags = [f"--{field.name.replace('_', '-')}"]
+    if kind is bool:
+        flags = [f"--{field.name}/--no-{field.name}"]
+    option = typer.Option(None, *flags, help=text, show_default=False)
+    return inspect.Parameter(
+        field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
+    )
+
+
+def _fixed(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+def _signature() -> inspect.Signature:
+    head = [
+        _fixed("data", str | None, typer.Argument(
+            None, help="Images: a path or a built-in name (mnist5k, ...).")),
+        _fixed("out", Path | None, typer.Option(None, "--out", "-o", help="Run folder to create.")),
+        _fixed("config", Path | None, typer.Option(
+            None, "--config", "-c", help="YAML configuration file.")),
+    ]  # fmt: skip
+    tail = [
+        _fixed("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run.")),
+        _fixed("overwrite", bool, typer.Option(
+            False, "--overwrite", help="Replace an existing run.")),
+        _fixed("print_config", bool, typer.Option(
+            False, "--print-config", help="Print the effective configuration as YAML and exit.")),
+        _fixed("as_json", bool, typer.Option(False, "--json", help="Print the result as JSON.")),
+    ]  # fmt: skip
+    return inspect.Signature([*head, *(_option(f) for f in override_fields()), *tail])
+
+
+def train(**options: Any) -> None:
     """Train a Siamese similarity model on every pair of each batch."""
     from twinsight.api import resolve_config
-    from twinsight.api import train as api_train
+    from twinsight.api import train as train_run
     from twinsight.config import config_to_yaml
 
-    overrides = dict(
-        encoder=encoder, embedding_dim=embedding_dim, weights=weights, loss=loss, margin=margin,
-        targets=targets, params=_split_list(params), log10=_log10_option(log10),
-        param_norm=param_norm, kernel=kernel, width=width, sampler=sampler, m=m, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-        early_stopping=early_stopping, val_fraction=val_fraction, image_size=image_size,
-        channels=channels, normalize=normalize, augment=augment, beam=beam, snr=snr, seed=seed,
-        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-        precision=precision, num_workers=num_workers, progress=progress,
-    )  # fmt: skip
+    data, out, config = options.pop("data"), options.pop("out"), options.pop("config")
+    resume, overwrite = options.pop("resume"), options.pop("overwrite")
+    print_config, as_json = options.pop("print_config"), options.pop("as_json")
+    overrides = {k: _PARSERS.get(k, lambda v: v)(v) for k, v in options.items()}
     cfg = resolve_config(config, **overrides)
     if print_config:
         typer.echo(config_to_yaml(cfg), nl=False)
@@ -100,21 +125,17 @@ def train(
         raise TwinsightError(
             "train needs DATA and --out RUN (e.g. twinsight train mnist5k --out runs/mnist)"
         )
-    api_train(data, out, cfg, resume=resume, overwrite=overwrite)
-    metrics = json.loads((out / "metrics.json").read_text())
-    summary = {
-        "run": str(out),
-        "model": str(out / "model"),
-        "epochs_run": metrics["epochs_run"],
-        "best_epoch": metrics["best_epoch"],
-        "train_seconds": metrics["train_seconds"],
-        "validation": metrics["final"],
-    }
+    result = train_run(data, out, cfg, resume=resume, overwrite=overwrite)
     if as_json:
-        print_json(summary)
+        print_json(result.to_dict())
         return
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items())
+    summary = result.to_dict()
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in summary["validation"].items())
     console.print(
-        f"[green]trained[/] {out / 'model'} in {metrics['train_seconds']:.0f} s, "
-        f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}): {scores}"
+        f"[green]trained[/] {result.model} in {summary['train_seconds']:.0f} s, "
+        f"{summary['epochs_run']} epochs (best {summary['best_epoch']}): {scores}"
     )
+
+
+train.__signature__ = _signature()  # type: ignore[attr-defined]
+app.command()(train)
