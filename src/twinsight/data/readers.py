@@ -49,25 +49,15 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from twinsight.data.builtins import BUILTIN_NAMES, is_builtin, load_builtin
-from twinsight.data.collection import RESERVED_COLUMNS, Collection
+from twinsight.data.collection import Collection
 from twinsight.data.packed import is_packed, read_packed, write_packed
+from twinsight.data.schema import RESERVED_COLUMNS, SIMULATOR_PARAMETERS
 from twinsight.data.transforms import convert_channels, resize_images
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import check_output_path
 from twinsight.progress import track
 
 logger = logging.getLogger(__name__)
-
-#: The seven simulator parameters of seed 000, in the seed's order.
-SIMULATOR_PARAMETERS = (
-    "Envelope_mass",
-    "accretion_rate",
-    "temperature",
-    "mass",
-    "disk_size",
-    "luminosity",
-    "age",
-)
 
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
