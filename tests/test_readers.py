@@ -24,6 +24,7 @@ from twinsight.data.readers import (
     list_readers,
     open_collection,
     register_reader,
+    truth_name,
     unregister_reader,
 )
 from twinsight.errors import TwinsightError
@@ -627,3 +628,43 @@ def test_importing_readers_does_not_import_the_simulator():
     env = {**os.environ, "PYTHONPATH": str(Path(twinsight.__file__).parents[1])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------ FITS truth keys
+@pytest.mark.parametrize(
+    ("keyword", "column"),
+    [
+        ("TRUE_RIN", "rin"),  # a standard (upper-case) keyword: lower-cased
+        ("HIERARCH TRUE_diskR", "diskR"),  # a HIERARCH card keeps its case
+        ("HIERARCH TRUE_ENVELOPE_MASS", "Envelope_mass"),  # the simulator's spelling
+        ("HIERARCH TRUE_Disk_Size", "disk_size"),
+    ],
+)
+def test_fits_true_cards_become_parameter_columns(tmp_path, keyword, column):
+    header = fits.Header()
+    header[keyword] = 2.5
+    header["HIERARCH TRUE_MASS"] = 0.5
+    header["TRUE_TAG"] = "not a number"  # text: not a parameter
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32), header=header).writeto(tmp_path / "o.fits")
+    coll = open_collection(tmp_path / "o.fits")
+    assert column in coll.param_columns and "tag" not in coll.param_columns
+    assert coll.items[column][0] == 2.5 and coll.items["mass"][0] == 0.5
+    known = [c for c in coll.param_columns if c in SIMULATOR_PARAMETERS]
+    assert coll.param_columns[: len(known)] == known  # the simulator's first, in its order
+
+
+def test_truth_name_rule():
+    assert truth_name("TRUE_AGE") == "age"
+    assert truth_name("true_Rin") == "Rin"
+    assert truth_name("TRUE_") is None and truth_name("MASS") is None
+
+
+def test_observation_opens_with_the_simulator_truth(tmp_path):
+    from twinsight.simulate import observe
+
+    truth = observe(tmp_path / "obs.fits", {"disk_size": 120.0}, seed=5, size=16)
+    coll = open_collection(tmp_path / "obs.fits")
+    assert coll.param_columns == list(SIMULATOR_PARAMETERS)
+    for name in SIMULATOR_PARAMETERS:
+        assert coll.items[name][0] == truth[name]
+    assert coll.items["disk_size"][0] == 120.0

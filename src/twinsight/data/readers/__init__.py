@@ -15,7 +15,8 @@ opens it. The built-in readers, one file per format, in the order tried:
   per-system ``.h5`` files with datasets ``intensity_projection_1`` ...
   ``intensity_projection_K`` and scalar parameter datasets (a single such file
   works too);
-- ``fits`` (:mod:`.fits`): a FITS file (one observation);
+- ``fits`` (:mod:`.fits`): a FITS file (one observation; ``TRUE_<name>``
+  header cards become parameter columns);
 - ``images`` (:mod:`.folder`): a single image file, or a folder of images
   without sub-folders (unlabelled);
 - ``class-folder`` (:mod:`.folder`): a folder with one sub-folder per class
@@ -56,7 +57,7 @@ from twinsight.data.readers.common import (
     ImageSize,
     adapt_collection,
 )
-from twinsight.data.readers.fits import header_parameters, read_fits
+from twinsight.data.readers.fits import header_parameters, read_fits, truth_name
 from twinsight.data.readers.folder import read_class_folder
 from twinsight.data.readers.imagefiles import (
     ImageFileLoader,
@@ -121,5 +122,6 @@ __all__ = [
     "seed_hdf5",
     "summarize_collection",
     "table",
+    "truth_name",
     "unregister_reader",
 ]

@@ -5,8 +5,10 @@ length-1 axes are dropped and a 3-plane cube is read as RGB. The header
 cards of the primary and the chosen HDU (the chosen one wins) become
 ``meta["header"]``.
 
-Truth keys (see :func:`header_parameters`): the simulator's seven parameters
-as ``TRUE_<name>`` (or ``<name>``) cards, any case.
+Truth keys (see :func:`header_parameters`): every numeric ``TRUE_<name>``
+card gives a parameter column. ``twinsight observe`` writes
+``HIERARCH TRUE_<name>`` with the simulator's exact names, so an
+observation opens with the same seven columns and values it was made from.
 
 The FITS decoding helpers here are also what the folder and table readers use
 for ``.fits`` images.
@@ -14,6 +16,7 @@ for ``.fits`` images.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,16 @@ from twinsight.data.readers.common import (
     first_line,
 )
 from twinsight.data.readers.registry import Source, register_reader
-from twinsight.data.schema import SIMULATOR_PARAMETERS
+from twinsight.data.schema import (
+    RESERVED_COLUMNS,
+    SIMULATOR_PARAMETERS,
+    TRUTH_PREFIX,
+    canonical_parameter,
+)
 from twinsight.data.transforms import convert_channels, resize_images
 from twinsight.errors import TwinsightError
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -137,17 +147,63 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def truth_name(keyword: str) -> str | None:
+    """The parameter a ``TRUE_<name>`` keyword carries, or None when it is not one.
+
+    The rule: the ``TRUE_`` prefix (and a ``HIERARCH`` one) is matched in any
+    case and dropped; a name equal to one of the simulator's parameters in any
+    case becomes that parameter's canonical spelling (``TRUE_MASS`` ->
+    ``mass``, ``TRUE_ENVELOPE_MASS`` -> ``Envelope_mass``); any other name that
+    is all upper case (standard 8-character keywords always are) is
+    lower-cased (``TRUE_RIN`` -> ``rin``), and a mixed-case name from a
+    ``HIERARCH`` card is kept as written (``HIERARCH TRUE_diskR`` -> ``diskR``).
+    """
+    key = keyword.strip()
+    if key.upper().startswith("HIERARCH "):
+        key = key[len("HIERARCH ") :].strip()
+    if not key.upper().startswith(TRUTH_PREFIX):
+        return None
+    name = key[len(TRUTH_PREFIX) :]
+    if not name:
+        return None
+    canonical = canonical_parameter(name)
+    if canonical is not None:
+        return canonical
+    return name.lower() if name == name.upper() else name
+
+
 def header_parameters(cards: dict[str, Any]) -> dict[str, float]:
-    """The simulator parameters in a header, as ``TRUE_<name>`` or ``<name>`` (any case)."""
+    """The true parameters in a header: ``TRUE_<name>`` cards, numeric values only.
+
+    Names follow :func:`truth_name`. The simulator's parameters come first, in
+    its order, then others in card order; a later card for the same name wins.
+    A simulator parameter without a ``TRUE_`` card may also be given by its
+    bare name (``MASS``, ``HIERARCH temperature``). Names that are reserved
+    columns (``key``, ``source``, ...) are skipped with a warning.
+    """
+    found: dict[str, float] = {}
+    for keyword, value in cards.items():
+        name = truth_name(keyword)
+        if name is None or not _is_number(value):
+            continue
+        if name in RESERVED_COLUMNS:
+            logger.warning("FITS card '%s' names the reserved column '%s'; ignored", keyword, name)
+            continue
+        found[name] = float(value)
+    bare = _bare_simulator_parameters(cards)
+    ordered = {p: found.get(p, bare.get(p)) for p in SIMULATOR_PARAMETERS}
+    ordered = {p: v for p, v in ordered.items() if v is not None}
+    ordered.update((k, v) for k, v in found.items() if k not in ordered)
+    return ordered
+
+
+def _bare_simulator_parameters(cards: dict[str, Any]) -> dict[str, float]:
     upper = {k.upper().removeprefix("HIERARCH "): v for k, v in cards.items()}
-    found = {}
-    for name in SIMULATOR_PARAMETERS:
-        for key in (f"TRUE_{name.upper()}", name.upper()):
-            value = upper.get(key)
-            if _is_number(value):
-                found[name] = float(value)
-                break
-    return found
+    return {
+        name: float(upper[name.upper()])
+        for name in SIMULATOR_PARAMETERS
+        if _is_number(upper.get(name.upper()))
+    }
 
 
 # ----------------------------------------------------------------------------- the reader
