@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,8 +15,18 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
+import twinsight
+from twinsight.data.collection import Collection
 from twinsight.data.packed import write_packed
-from twinsight.data.readers import SIMULATOR_PARAMETERS, open_collection
+from twinsight.data.readers import (
+    SIMULATOR_PARAMETERS,
+    Source,
+    list_readers,
+    open_collection,
+    register_reader,
+    truth_name,
+    unregister_reader,
+)
 from twinsight.errors import TwinsightError
 
 RNG = np.random.default_rng(0)
@@ -498,13 +511,13 @@ def test_large_jpeg_resized_on_decode(tmp_path):
 
 
 def test_parallel_scan_matches_serial(tmp_path, monkeypatch):
-    from twinsight.data import readers
+    from twinsight.data.readers import seed_hdf5
 
     for i in range(5):
         make_seed_file(tmp_path / f"s{i}.h5", seed_params(i), k=2, size=4)
     serial = open_collection(tmp_path)
-    monkeypatch.setattr(readers, "PARALLEL_SCAN_MIN_FILES", 2)
-    monkeypatch.setattr(readers.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(seed_hdf5, "PARALLEL_SCAN_MIN_FILES", 2)
+    monkeypatch.setattr(seed_hdf5.os, "cpu_count", lambda: 2)
     parallel = open_collection(tmp_path)
     pd.testing.assert_frame_equal(serial.items, parallel.items)
     np.testing.assert_array_equal(serial.images(), parallel.images())
@@ -526,3 +539,132 @@ def test_open_collection_adapts_a_subset(tmp_path):
     np.testing.assert_array_equal(out[0, 2], images[3])
     with pytest.raises(TwinsightError, match="channels must be 1 or 3"):
         open_collection(coll, channels=2)
+
+
+# ----------------------------------------------------------------------------- the registry
+def _is_toy(source: Source) -> bool:
+    return source.is_file and source.name.endswith(".toy")
+
+
+def _open_toy(source: Source, *, scale: float = 1.0) -> Collection:
+    """A toy format: one line per image, 'key v00 v01 v10 v11' (a 2x2 image)."""
+    keys, images = [], []
+    for line in Path(source).read_text().splitlines():
+        key, *values = line.split()
+        keys.append(key)
+        images.append(np.asarray(values, dtype=np.float32).reshape(2, 2) * scale)
+    items = pd.DataFrame({"key": keys, "source": str(source.path)})
+    return Collection.from_arrays(np.stack(images), items, name=str(source.path))
+
+
+@pytest.fixture
+def toy_reader():
+    """Registers the toy reader by registration alone; the registry is restored after."""
+    before = list_readers()
+    register_reader("toy", sniff=_is_toy)(_open_toy)
+    yield "toy"
+    unregister_reader("toy")
+    assert list_readers() == before
+
+
+def write_toy(path: Path) -> Path:
+    path.write_text("a 0 1 2 3\nb 4 5 6 7\n")
+    return path
+
+
+def test_user_reader_registered_from_outside_opens_its_format(tmp_path, toy_reader):
+    assert list_readers()[-1] == "toy"  # default priority: after every built-in reader
+    coll = open_collection(write_toy(tmp_path / "x.toy"))
+    assert isinstance(coll, Collection) and len(coll) == 2
+    assert coll.items["key"].tolist() == ["a", "b"]
+    np.testing.assert_array_equal(coll.images([1])[0, 0], [[4, 5], [6, 7]])
+    big = open_collection(tmp_path / "x.toy", image_size=4, channels=3, scale=2.0)
+    assert big.image_shape == (3, 4, 4)  # resized / converted after the reader
+    np.testing.assert_allclose(big.images([0]).mean(), 3.0, rtol=1e-5)
+
+
+def test_forced_reader_skips_sniffing(tmp_path, toy_reader):
+    path = write_toy(tmp_path / "x.txt")
+    with pytest.raises(TwinsightError, match=r"extension '\.txt'.*also registered.*toy"):
+        open_collection(path)
+    assert len(open_collection(path, reader="toy")) == 2
+    with pytest.raises(TwinsightError, match="unknown reader 'nope'.*toy"):
+        open_collection(path, reader="nope")
+    with pytest.raises(TwinsightError, match="reader 'toy' takes no option 'colour'"):
+        open_collection(path, reader="toy", colour="red")
+
+
+def test_registering_a_taken_name_raises(toy_reader):
+    with pytest.raises(TwinsightError, match="reader 'toy' is already registered"):
+        register_reader("toy", sniff=_is_toy)(_open_toy)
+    with pytest.raises(TwinsightError, match="no reader 'nope'"):
+        unregister_reader("nope")
+
+
+def test_builtin_readers_in_priority_order():
+    names = list_readers()
+    assert names[:2] == ["builtin", "table"]
+    assert names.index("packed") < names.index("seed-hdf5") < names.index("images")
+
+
+def test_a_broken_sniff_names_its_reader(tmp_path):
+    def broken(source):
+        raise RuntimeError("boom")
+
+    register_reader("broken", sniff=broken, priority=1000)(_open_toy)
+    try:
+        with pytest.raises(TwinsightError, match="reader 'broken' failed to check.*boom"):
+            open_collection(write_toy(tmp_path / "x.toy"))
+    finally:
+        unregister_reader("broken")
+
+
+def test_importing_readers_does_not_import_the_simulator():
+    code = (
+        "import sys, twinsight.data.readers, twinsight.data.schema; "
+        "assert 'twinsight.simulate' not in sys.modules, sorted(sys.modules); "
+        "assert not any(m == 'torch' or m.startswith('twinsight.models') for m in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(twinsight.__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------ FITS truth keys
+@pytest.mark.parametrize(
+    ("keyword", "column"),
+    [
+        ("TRUE_RIN", "rin"),  # a standard (upper-case) keyword: lower-cased
+        ("HIERARCH TRUE_diskR", "diskR"),  # a HIERARCH card keeps its case
+        ("HIERARCH TRUE_ENVELOPE_MASS", "Envelope_mass"),  # the simulator's spelling
+        ("HIERARCH TRUE_Disk_Size", "disk_size"),
+    ],
+)
+def test_fits_true_cards_become_parameter_columns(tmp_path, keyword, column):
+    header = fits.Header()
+    header[keyword] = 2.5
+    header["HIERARCH TRUE_MASS"] = 0.5
+    header["TRUE_TAG"] = "not a number"  # text: not a parameter
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32), header=header).writeto(tmp_path / "o.fits")
+    coll = open_collection(tmp_path / "o.fits")
+    assert column in coll.param_columns and "tag" not in coll.param_columns
+    assert coll.items[column][0] == 2.5 and coll.items["mass"][0] == 0.5
+    known = [c for c in coll.param_columns if c in SIMULATOR_PARAMETERS]
+    assert coll.param_columns[: len(known)] == known  # the simulator's first, in its order
+
+
+def test_truth_name_rule():
+    assert truth_name("TRUE_AGE") == "age"
+    assert truth_name("true_Rin") == "Rin"
+    assert truth_name("TRUE_") is None and truth_name("MASS") is None
+
+
+def test_observation_opens_with_the_simulator_truth(tmp_path):
+    from twinsight.simulate import observe
+
+    truth = observe(tmp_path / "obs.fits", {"disk_size": 120.0}, seed=5, size=16)
+    coll = open_collection(tmp_path / "obs.fits")
+    assert coll.param_columns == list(SIMULATOR_PARAMETERS)
+    for name in SIMULATOR_PARAMETERS:
+        assert coll.items[name][0] == truth[name]
+    assert coll.items["disk_size"][0] == 120.0

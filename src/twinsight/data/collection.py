@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from twinsight.data.schema import RESERVED_COLUMNS
 from twinsight.errors import TwinsightError
+
+__all__ = ["RESERVED_COLUMNS", "Collection", "ImageLoader"]
 
 #: Turns base row numbers (any order, repeats allowed) into float32 images [N, C, H, W].
 ImageLoader = Callable[[np.ndarray], np.ndarray]
-
-#: Column names with a fixed meaning; every other numeric column may be a parameter.
-RESERVED_COLUMNS = ("key", "label", "system", "projection", "split", "source", "path")
 
 
 class Collection:

@@ -13,6 +13,7 @@ two orders of magnitude faster than opening one file per image.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import pandas as pd
 
 from twinsight.data.collection import Collection
 from twinsight.errors import TwinsightError
-from twinsight.fsutil import atomic_file
+from twinsight.fsutil import atomic_file, check_output_path
+from twinsight.progress import track
 
 FORMAT = "twinsight-packed"
 VERSION = 1
@@ -165,4 +167,52 @@ def read_packed(path: str | Path) -> Collection:
         name=str(path),
         param_columns=param_columns,
         meta=meta,
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return value
+    return str(value)
+
+
+def pack_collection(
+    collection: Collection,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Path:
+    """Write ``collection`` to one packed HDF5 file, atomically, reading in batches."""
+    if batch_size < 1:
+        raise TwinsightError(f"batch size must be at least 1, got {batch_size}")
+    out = check_output_path(out, overwrite)
+    n_batches = math.ceil(len(collection) / batch_size)
+    batches = (
+        images
+        for _, images in track(
+            collection.iter_batches(batch_size),
+            total=n_batches,
+            description="packing",
+            enabled=progress,
+        )
+    )
+    meta = _json_safe({**collection.meta, "packed_from": collection.name})
+    return write_packed(
+        out,
+        collection.items,
+        batches,
+        collection.image_shape,
+        param_columns=collection.param_columns,
+        meta=meta,
+        overwrite=overwrite,
     )

@@ -19,22 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from twinsight.data.readers import SIMULATOR_PARAMETERS
+from twinsight.data.schema import SIMULATOR_PARAMETERS, SIMULATOR_UNITS
 from twinsight.errors import TwinsightError
 
 #: The seven physical parameters, named exactly as in the seed-000 files.
 PARAMETERS: tuple[str, ...] = SIMULATOR_PARAMETERS
 
 #: Units of the seven parameters (stored in the items meta, HDF5 and FITS headers).
-UNITS: dict[str, str] = {
-    "Envelope_mass": "Msun",
-    "accretion_rate": "Msun/yr",
-    "temperature": "K",
-    "mass": "Msun",
-    "disk_size": "AU",
-    "luminosity": "Lsun",
-    "age": "yr",
-}
+UNITS: dict[str, str] = SIMULATOR_UNITS
 
 #: One-line descriptions (docs, FITS header comments).
 DESCRIPTIONS: dict[str, str] = {
