@@ -130,20 +130,6 @@ def load_mnist5k() -> Collection:
     return _array_collection(images, items, name="mnist5k", scale=255.0)
 
 
-def load_protostars() -> Collection:
-    """A small simulated set: 100 protostellar systems x 8 projections, 64x64, seed 0."""
-    try:
-        from twinsight.simulate import simulate_collection
-    except ImportError as exc:  # the simulator is part of the package; this is a broken install
-        raise TwinsightError(
-            f"the built-in 'protostars' needs twinsight.simulate, which cannot be imported ({exc})"
-        ) from None
-    collection = simulate_collection(n_systems=100, n_projections=8, size=64, seed=0)
-    collection.name = "protostars"
-    collection.meta.setdefault("builtin", "protostars")
-    return collection
-
-
 def cache_dir() -> Path:
     """Where downloaded data sets live: ``$TWINSIGHT_DATA`` or ``~/.cache/twinsight``."""
     root = os.environ.get("TWINSIGHT_DATA")
@@ -240,10 +226,26 @@ def load_torchvision(name: str) -> Collection:
     return _array_collection(array, items, name=name, scale=255.0, channels_last=(array.ndim == 4))
 
 
+#: Entry-point group through which packages add built-in collections (name -> loader).
+#: twinsight's own simulator adds ``protostars`` this way, so that ``data`` never imports
+#: the simulator (a higher floor).
+ENTRY_POINT_GROUP = "twinsight.builtins"
+
+
+def _plugin_loaders() -> dict[str, Callable[[], Collection]]:
+    """Loaders of the built-ins that installed packages declare (loaded on first use)."""
+    from importlib.metadata import entry_points
+
+    found = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        found[point.name.lower()] = lambda point=point: point.load()()
+    return found
+
+
 _LOADERS: dict[str, Callable[[], Collection]] = {
     "digits": load_digits,
     "mnist5k": load_mnist5k,
-    "protostars": load_protostars,
+    **_plugin_loaders(),
     "mnist": lambda: load_torchvision("mnist"),
     "fashion-mnist": lambda: load_torchvision("fashion-mnist"),
     "cifar10": lambda: load_torchvision("cifar10"),
