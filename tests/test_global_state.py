@@ -14,7 +14,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+
+from twinsight.embedding import embed_images, resolve_device
+from twinsight.errors import TwinsightError
 
 torch.set_num_threads(1)
 
@@ -93,3 +98,69 @@ def test_the_command_line_picks_agg(tmp_path):
         tmp_path,
     )
     assert result["backend"].lower() == "agg"
+
+
+# -- devices ---------------------------------------------------------------------------------------
+
+
+def test_device_resolution():
+    auto = resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(TwinsightError, match="unknown device 'tpu'.*auto, cpu, cuda"):
+        resolve_device("tpu")
+    with pytest.raises(TwinsightError, match="unknown device 'meta'"):
+        resolve_device("meta")
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(TwinsightError, match="cuda:7"):
+        resolve_device("cuda:7") if n_gpus < 8 else resolve_device("cuda:99")
+    if not n_gpus:
+        with pytest.raises(TwinsightError, match="no CUDA GPU is available"):
+            resolve_device("cuda:0")
+    mps = getattr(torch.backends, "mps", None)
+    if not (mps and mps.is_available()):
+        with pytest.raises(TwinsightError, match="MPS is not available"):
+            resolve_device("mps")
+
+
+def _encoder():
+    from twinsight.models.encoders import create_encoder
+
+    torch.manual_seed(0)
+    return create_encoder("small-cnn", embedding_dim=8, input_size=(16, 16))
+
+
+def _images(n=5):
+    return np.random.default_rng(0).random((n, 1, 16, 16)).astype(np.float32)
+
+
+def test_cpu_embeddings_are_unchanged_by_device_and_precision():
+    enc = _encoder()
+    prep = enc.default_preprocessing()
+    reference = embed_images(enc, _images(), prep, device="cpu")
+    with torch.no_grad():
+        direct = enc.eval()(torch.from_numpy(prep(_images()))).numpy()
+    np.testing.assert_allclose(reference, direct, atol=1e-6)
+    if not torch.cuda.is_available():
+        np.testing.assert_array_equal(embed_images(enc, _images(), prep), reference)
+    # reduced precision is for GPUs; the CPU keeps fp32 numbers
+    bf16 = embed_images(enc, _images(), prep, device="cpu", precision="bf16")
+    np.testing.assert_array_equal(bf16, reference)
+    with pytest.raises(TwinsightError, match="unknown precision 'fp8'.*fp32, bf16, fp16"):
+        embed_images(enc, _images(), prep, precision="fp8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_embeddings_match_the_cpu():
+    enc = _encoder()
+    prep = enc.default_preprocessing()
+    images = _images(64)
+    cpu = embed_images(enc, images, prep, device="cpu")
+    gpu = embed_images(enc, images, prep, device="cuda")
+    assert next(enc.parameters()).device.type == "cuda"
+    np.testing.assert_allclose(gpu, cpu, atol=5e-3)  # cuDNN may use TF32 convolutions
+    for precision in ("bf16", "fp16"):
+        low = embed_images(enc, images, prep, device="auto", precision=precision)
+        assert low.dtype == np.float32
+        assert np.min(np.sum(low * cpu, axis=1)) > 0.99  # same directions
