@@ -15,10 +15,11 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from twinsight.embedding import embed_images, resolve_device
+from twinsight.embedding import embed_collection, embed_images, resolve_device
 from twinsight.errors import TwinsightError
 
 torch.set_num_threads(1)
@@ -151,6 +152,26 @@ def test_cpu_embeddings_are_unchanged_by_device_and_precision():
         embed_images(enc, _images(), prep, precision="fp8")
 
 
+def test_the_device_goes_through_bundle_and_index():
+    from twinsight.data.collection import Collection
+    from twinsight.index import build_index
+    from twinsight.models.bundle import ModelBundle
+
+    bundle = ModelBundle.from_encoder(_encoder())
+    items = pd.DataFrame({"key": [f"k{i}" for i in range(5)]})
+    collection = Collection.from_arrays(_images(), items, name="tiny")
+    for bad in (
+        lambda: bundle.embed(_images(), device="tpu"),
+        lambda: bundle.similarity(_images(), _images(), device="tpu"),
+        lambda: embed_collection(bundle, collection, device="tpu"),
+        lambda: build_index(bundle, collection, device="tpu"),
+    ):
+        with pytest.raises(TwinsightError, match="unknown device 'tpu'"):
+            bad()
+    cpu = build_index(bundle, collection, device="cpu")
+    np.testing.assert_allclose(cpu.vectors(), bundle.embed(_images(), device="cpu"), atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_embeddings_match_the_cpu():
     enc = _encoder()
@@ -164,3 +185,31 @@ def test_gpu_embeddings_match_the_cpu():
         low = embed_images(enc, images, prep, device="auto", precision=precision)
         assert low.dtype == np.float32
         assert np.min(np.sum(low * cpu, axis=1)) > 0.99  # same directions
+
+
+# -- the working folder ----------------------------------------------------------------------------
+
+
+def test_search_finds_the_model_from_another_folder(tmp_path, monkeypatch, run_cli):
+    """An index built with a relative model path (as the demo does), searched from elsewhere."""
+    from PIL import Image
+
+    from twinsight.data.packed import write_packed
+    from twinsight.data.readers import open_collection
+    from twinsight.index import build_index
+    from twinsight.models.bundle import ModelBundle
+
+    work = tmp_path / "work"
+    work.mkdir()
+    items = pd.DataFrame({"key": [f"k{i}" for i in range(6)], "label": list("aabbcc")})
+    write_packed(work / "sims.h5", items, [_images(6)], (1, 16, 16))
+    ModelBundle.from_encoder(_encoder()).save(work / "run")
+    Image.fromarray((255 * _images(1)[0, 0]).astype(np.uint8)).save(work / "query.png")
+    monkeypatch.chdir(work)
+    collection = open_collection("sims.h5")
+    build_index(ModelBundle.load("run"), collection, model_path="run").save("idx")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = run_cli("search", "../work/idx", "../work/query.png", "-k", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "no longer exists" not in result.stderr
