@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from twinsight.data.transforms import Preprocessing
 from twinsight.errors import TwinsightError
 from twinsight.models.encoders import create_encoder, list_encoders
 
@@ -184,3 +186,197 @@ def test_own_encoder_weights_from_local_files(tmp_path):
         torch.testing.assert_close(other(x), enc(x))
     with pytest.raises(TwinsightError, match="does not fit encoder 'small-cnn'"):
         create_encoder("small-cnn", input_size=(32, 32), weights=str(tmp_path / "w.pt"))
+
+
+# -- timm backbones: every ResNet is a timm model --------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resnet_is_a_timm_model_with_in_chans(channels):
+    import timm
+
+    enc = create_encoder("resnet18", embedding_dim=8, in_channels=channels, input_size=(32, 32))
+    assert isinstance(enc.backbone, timm.models.ResNet)
+    assert enc.backbone.conv1.in_channels == channels
+    assert enc.eval()(torch.rand(2, channels, 32, 32)).shape == (2, 8)
+    assert enc.config["in_channels"] == channels
+
+
+def _timm_weights(tmp_path, name, seed=0, suffix=".safetensors"):
+    """A randomly initialized timm model's weights in a local file (RGB, with its classifier)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    net = timm.create_model(name, pretrained=False, num_classes=10)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    path = tmp_path / f"{name}{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path, state
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_resnet_local_weights_load_exactly(tmp_path, suffix):
+    path, state = _timm_weights(tmp_path, "resnet18", suffix=suffix)
+    enc = create_encoder("resnet18", in_channels=3, input_size=(32, 32), weights=str(path))
+    loaded = enc.backbone.state_dict()
+    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+    grey = create_encoder("resnet18", in_channels=1, input_size=(32, 32), weights=str(path))
+    # timm adapts the RGB filters to one channel by summing them
+    torch.testing.assert_close(
+        grey.backbone.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True)
+    )
+    assert "weights" not in enc.config and "pretrained" not in enc.config
+
+
+def test_pretrained_preprocessing_comes_from_the_pretrained_config(tmp_path):
+    import timm
+
+    # test_resnet's pretrained config standardizes with 0.5 / 0.5, not ImageNet's statistics
+    path, _ = _timm_weights(tmp_path, "test_resnet")
+    for channels in (1, 3):
+        enc = create_encoder(
+            "timm:test_resnet", in_channels=channels, input_size=(32, 32), weights=str(path)
+        )
+        cfg = enc.backbone.pretrained_cfg
+        prep = enc.default_preprocessing()
+        assert prep.normalize == "standardize" and prep.channels == channels
+        if channels == 3:
+            assert prep.mean == tuple(cfg["mean"]) and prep.std == tuple(cfg["std"])
+        else:  # grey: the average of the RGB statistics
+            assert prep.mean == pytest.approx((sum(cfg["mean"]) / 3,))
+            assert prep.std == pytest.approx((sum(cfg["std"]) / 3,))
+    assert tuple(cfg["mean"]) == (0.5, 0.5, 0.5)
+    # the ResNets take their statistics from timm's config too
+    path, _ = _timm_weights(tmp_path, "resnet18")
+    enc = create_encoder("resnet18", in_channels=3, input_size=(32, 32), weights=str(path))
+    expected = timm.create_model("resnet18", pretrained=False).pretrained_cfg["mean"]
+    assert enc.default_preprocessing().mean == tuple(expected)
+
+
+def test_no_hard_coded_imagenet_statistics():
+    from pathlib import Path
+
+    import twinsight
+
+    for file in Path(twinsight.__file__).parent.rglob("*.py"):
+        text = file.read_text()
+        assert "0.485" not in text and "0.229" not in text, file
+
+
+def test_pretrained_without_a_local_file_is_refused(tmp_path):
+    with pytest.raises(TwinsightError, match="cannot be downloaded.*offline.*weights="):
+        create_encoder("resnet18", pretrained=True)
+    with pytest.raises(TwinsightError, match="cannot be downloaded"):
+        create_encoder("timm:test_resnet", pretrained=True)
+    with pytest.raises(TwinsightError, match="does not exist.*never downloads"):
+        create_encoder("timm:test_resnet", pretrained=True, weights=str(tmp_path / "nope.pth"))
+
+
+def test_bundle_saved_with_a_torchvision_resnet_still_loads(tmp_path):
+    """Bundles written when the ResNets came from torchvision: same parameter names in timm."""
+    import torchvision
+
+    from twinsight.models.bundle import ModelBundle
+    from twinsight.models.encoders import Encoder
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = torch.nn.Identity()
+    prep = create_encoder("resnet18", input_size=(32, 32)).default_preprocessing()
+    old = Encoder(net, torch.nn.Linear(512, 8), embedding_dim=8, preprocessing=prep)
+    config = {"embedding_dim": 8, "in_channels": 1, "input_size": [32, 32], "normalize": True}
+    bundle = ModelBundle(old, "resnet18", config, prep)
+    loaded = ModelBundle.load(bundle.save(tmp_path / "old"))
+    images = torch.rand(3, 1, 32, 32).numpy()
+    np.testing.assert_allclose(loaded.embed(images), bundle.embed(images), atol=1e-5)
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def toy_encoder():
+    """A toy encoder registered from this file, removed again afterwards."""
+    from twinsight.models.encoders import Encoder, register_encoder, unregister_encoder
+
+    @register_encoder("toy-mlp", default_config={"width": 4, "activation": "relu"})
+    def toy_mlp(*, embedding_dim, in_channels, input_size, normalize, width, activation):
+        h, w = input_size
+        backbone = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(in_channels * h * w, width), torch.nn.ReLU()
+        )
+        prep = Preprocessing(size=input_size, channels=in_channels, normalize="minmax")
+        return Encoder(
+            backbone,
+            torch.nn.Linear(width, embedding_dim),
+            embedding_dim=embedding_dim,
+            preprocessing=prep,
+            normalize=normalize,
+        )
+
+    yield "toy-mlp"
+    unregister_encoder("toy-mlp")
+
+
+def test_a_registered_toy_encoder_is_an_encoder_like_the_others(toy_encoder, tmp_path):
+    from twinsight.models.bundle import ModelBundle
+    from twinsight.models.encoders import encoder_defaults
+
+    assert toy_encoder in list_encoders()
+    assert encoder_defaults(toy_encoder) == {"width": 4, "activation": "relu"}
+    enc = create_encoder(toy_encoder, embedding_dim=6, input_size=(8, 8), width=5)
+    assert enc.name == toy_encoder and enc(torch.rand(2, 1, 8, 8)).shape == (2, 6)
+    assert enc.config == {
+        "embedding_dim": 6,
+        "in_channels": 1,
+        "input_size": [8, 8],
+        "normalize": True,
+        "width": 5,
+        "activation": "relu",
+    }
+    # its config rebuilds it, so a bundle of it saves and loads
+    bundle = ModelBundle.from_encoder(enc)
+    loaded = ModelBundle.load(bundle.save(tmp_path / "toy"))
+    images = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(loaded.embed(images), bundle.embed(images), atol=1e-6)
+    # create_encoder loads a whole-encoder weights file for a builder without `weights`
+    torch.save(enc.state_dict(), tmp_path / "toy.pt")
+    again = create_encoder(toy_encoder, **enc.config, weights=str(tmp_path / "toy.pt"))
+    torch.testing.assert_close(
+        again.eval()(torch.ones(1, 1, 8, 8)), enc.eval()(torch.ones(1, 1, 8, 8))
+    )
+    with pytest.raises(TwinsightError, match=r"no option\(s\) \['depth'\].*width, activation"):
+        create_encoder(toy_encoder, depth=3)
+
+
+def test_registry_guards(toy_encoder):
+    from twinsight.models.encoders import register_encoder, unregister_encoder
+
+    with pytest.raises(TwinsightError, match="already registered.*replace=True"):
+        register_encoder(toy_encoder)(lambda **kw: None)
+    with pytest.raises(TwinsightError, match="reserved for timm"):
+        register_encoder("timm:mine")
+    with pytest.raises(TwinsightError, match=r"lacks the keyword argument\(s\) \['in_channels'"):
+
+        @register_encoder("broken", default_config={"width": 2})
+        def broken(*, embedding_dim, input_size, normalize, width):  # no in_channels
+            raise AssertionError("never built")
+
+    assert "broken" not in list_encoders()
+    with pytest.raises(TwinsightError, match="options must be JSON values"):
+        register_encoder("bad-defaults", default_config={"f": object()})
+    with pytest.raises(TwinsightError, match="is not registered"):
+        unregister_encoder("no-such-encoder")
+
+
+def test_registry_is_left_as_it_was():
+    assert "toy-mlp" not in list_encoders()  # the fixture cleaned up after itself
+    with pytest.raises(TwinsightError, match="unknown encoder 'toy-mlp'"):
+        create_encoder("toy-mlp")

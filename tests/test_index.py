@@ -11,6 +11,7 @@ import pytest
 
 from twinsight.errors import TwinsightError
 from twinsight.index import (
+    SearchParameters,
     SimilarityIndex,
     faiss_search_settings,
     merge,
@@ -223,3 +224,160 @@ def test_bad_embeddings():
     idx = SimilarityIndex.build(x, items, model_fingerprint="m")
     with pytest.raises(TwinsightError, match="dimension 8"):
         idx.search(np.ones((1, 8), np.float32), 3)
+
+
+# -- per-call search parameters --------------------------------------------------------------------
+
+
+def _ivf(n=2000, nlist=32, nprobe=4, factory=None):
+    x, items = _data(n=n)
+    idx = SimilarityIndex.build(
+        x, items, model_fingerprint="m", index_type=factory or f"IVF{nlist},Flat", nprobe=nprobe
+    )
+    return idx, x
+
+
+def test_search_parameters_are_per_call():
+    idx, x = _ivf()
+    q = x[:50] + 0.3 * np.random.default_rng(2).normal(size=(50, 16)).astype(np.float32)
+    ivf = faiss.extract_index_ivf(idx.index)
+    first = idx.search(q, 10, nprobe=1)
+    full = idx.search(q, 10, nprobe=32)
+    again = idx.search(q, 10, nprobe=1)
+    np.testing.assert_array_equal(full[1], _brute(x, q, 10)[1])  # every list probed: exact
+    assert not np.array_equal(first[1], full[1])  # nprobe=1 really is different
+    np.testing.assert_array_equal(again[1], first[1])
+    np.testing.assert_array_equal(again[0], first[0])
+    assert ivf.nprobe == 4 and idx.meta["nprobe"] == 4  # the index is unchanged
+    assert idx.search_parameters == SearchParameters(nprobe=4)
+    # the dataclass and the keywords are the same thing; keywords win over params
+    np.testing.assert_array_equal(idx.search(q, 10, SearchParameters(nprobe=1))[1], first[1])
+    by_both = idx.search(q, 10, SearchParameters(nprobe=1), nprobe=32)
+    np.testing.assert_array_equal(by_both[1], full[1])
+    default = idx.search(q, 10)
+    np.testing.assert_array_equal(default[1], idx.search(q, 10, nprobe=4)[1])
+
+
+def test_concurrent_searches_with_different_nprobe_do_not_meet():
+    from concurrent.futures import ThreadPoolExecutor
+
+    idx, x = _ivf()
+    q = x[:40] + 0.3 * np.random.default_rng(3).normal(size=(40, 16)).astype(np.float32)
+    expected = {p: idx.search(q, 5, nprobe=p)[1] for p in (1, 32)}
+    expected_one = {p: idx.search(q[:1], 5, nprobe=p)[1] for p in (1, 32)}
+
+    def work(i):
+        p = (1, 32)[i % 2]
+        batch = idx.search(q, 5, nprobe=p)[1]
+        single = idx.search(q[:1], 5, nprobe=p)[1]
+        return np.array_equal(batch, expected[p]) and np.array_equal(single, expected_one[p])
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(40)))
+    assert faiss.extract_index_ivf(idx.index).nprobe == 4
+
+
+def test_ef_search_is_per_call_for_hnsw_and_hnsw_quantizers():
+    x, items = _data(n=1000)
+    hnsw = SimilarityIndex.build(x, items, model_fingerprint="m", index_type="HNSW8")
+    assert hnsw.index.hnsw.efSearch == 64
+    exact = hnsw.search(x[:20], 5, ef_search=500)
+    np.testing.assert_array_equal(exact[1], _brute(x, x[:20], 5)[1])
+    hnsw.search(x[:20], 5, ef_search=8)
+    assert hnsw.index.hnsw.efSearch == 64 and hnsw.meta["ef_search"] == 64
+    ivf_hnsw = SimilarityIndex.build(
+        x, items, model_fingerprint="m", index_type="IVF16_HNSW8,Flat", nprobe=16
+    )
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(ivf_hnsw.index).quantizer)
+    before = quantizer.hnsw.efSearch
+    out = ivf_hnsw.search(x[:20], 5, nprobe=16, ef_search=200)
+    np.testing.assert_array_equal(out[1], _brute(x, x[:20], 5)[1])
+    assert quantizer.hnsw.efSearch == before
+
+
+def test_search_parameters_behind_a_pretransform():
+    idx, x = _ivf(factory="PCA8,IVF16,Flat", nprobe=2)
+    q = x[:30]
+    first = idx.search(q, 5, nprobe=1)
+    full = idx.search(q, 5, nprobe=16)
+    assert not np.array_equal(first[1], full[1])
+    np.testing.assert_array_equal(idx.search(q, 5, nprobe=1)[1], first[1])
+    assert faiss.extract_index_ivf(idx.index).nprobe == 2
+
+
+def test_bad_search_parameters():
+    with pytest.raises(TwinsightError, match="nprobe must be a positive integer"):
+        SearchParameters(nprobe=0)
+    with pytest.raises(TwinsightError, match="ef_search must be a positive integer"):
+        SearchParameters(ef_search=2.5)
+    x, items = _data(n=20)
+    idx = SimilarityIndex.build(x, items, model_fingerprint="m")
+    with pytest.raises(TwinsightError, match="nprobe"):
+        idx.search(x[:1], 3, nprobe=-1)
+    # a setting that does not apply (nprobe of a Flat index) is ignored
+    np.testing.assert_array_equal(idx.search(x[:3], 3, nprobe=7)[1], idx.search(x[:3], 3)[1])
+
+
+def test_faiss_global_settings_are_changed_under_a_lock():
+    import threading
+    import time
+
+    default = faiss.cvar.distance_compute_blas_threshold
+    seen, order = [], []
+
+    def single_query():
+        with faiss_search_settings(1):
+            order.append("single")
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
+
+    with faiss_search_settings(100):
+        thread = threading.Thread(target=single_query)
+        thread.start()
+        time.sleep(0.1)
+        assert faiss.cvar.distance_compute_blas_threshold == 20
+        order.append("batch done")
+    thread.join()
+    assert order == ["batch done", "single"] and seen == [default]
+
+
+# -- the model path, relative to the index folder ----------------------------------------------
+
+
+def test_model_path_is_stored_relative_and_resolved_from_anywhere(tmp_path, monkeypatch):
+    model = tmp_path / "runs" / "model"
+    model.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    x, items = _data(n=20)
+    monkeypatch.chdir(tmp_path)  # a relative path, as `twinsight demo` passes it
+    idx = SimilarityIndex.build(x, items, model_fingerprint="m", model_path="runs/model")
+    assert idx.model_path == model
+    idx.save("indexes/idx")
+    meta = json.loads((tmp_path / "indexes" / "idx" / "index.json").read_text())
+    assert meta["model_path"] == "../../runs/model"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    back = SimilarityIndex.load("../indexes/idx")
+    assert back.model_path == model and back.model_path.is_absolute()
+    assert back.meta["model_path"] == str(model)  # what cli/search.py reads
+    # a copy of the index folder elsewhere still finds the model (absolute fallback)
+    import shutil
+
+    shutil.copytree(tmp_path / "indexes" / "idx", tmp_path / "elsewhere" / "copy")
+    assert SimilarityIndex.load("copy").model_path == model
+    # saving a loaded index again keeps it relative to the new folder
+    back.save(tmp_path / "runs" / "idx2")
+    meta2 = json.loads((tmp_path / "runs" / "idx2" / "index.json").read_text())
+    assert meta2["model_path"] == "../model"
+
+
+def test_old_index_json_model_paths_keep_working(tmp_path, monkeypatch):
+    model = tmp_path / "runs" / "model"
+    model.mkdir(parents=True)
+    x, items = _data(n=20)
+    SimilarityIndex.build(x, items, model_fingerprint="m").save(tmp_path / "idx")
+    meta_file = tmp_path / "idx" / "index.json"
+    meta = json.loads(meta_file.read_text())
+    monkeypatch.chdir(tmp_path)
+    for old in (str(model), "runs/model"):  # absolute, or relative to where it was built
+        meta_file.write_text(json.dumps(meta | {"model_path": old}))
+        assert SimilarityIndex.load("idx").model_path == model
+    assert SimilarityIndex.build(x, items, model_fingerprint="m").model_path is None

@@ -4,10 +4,17 @@ Indexing, search, matching and evaluation all embed through here, so every
 image goes through the same preprocessing and the same eval-mode encoder, in
 batches, without gradients. On CPU the batch and the conv weights are laid out
 channels-last, which runs convolutions 1.5-1.7x faster on this machine.
+
+The device is chosen per call: ``"auto"`` (the default) is the CUDA GPU when
+there is one and the CPU otherwise; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` and
+``"mps"`` name one. On a GPU, ``precision="bf16"`` or ``"fp16"`` runs the
+encoder under autocast (the embeddings come back float32 either way); the
+default ``"fp32"`` runs it as it is, so CPU results are those of plain PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -29,14 +36,63 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _device(device: str | torch.device) -> torch.device:
+DEVICES = ("auto", "cpu", "cuda", "cuda:<i>", "mps")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _check_available(dev: torch.device, device: Any) -> None:
+    """Refuse a device this machine does not have, naming what it has."""
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TwinsightError(
+                f"device {device!r} requested but no CUDA GPU is available; use 'cpu' or 'auto'"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise TwinsightError(
+                f"device {device!r} requested but this machine has {count} CUDA GPU(s) "
+                f"(cuda:0 .. cuda:{count - 1})"
+            )
+    elif dev.type == "mps" and not _mps_available():
+        raise TwinsightError(f"device {device!r} requested but MPS is not available; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise TwinsightError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``device``: "auto" -> the CUDA GPU if there is one, else the CPU.
+
+    Any other value names a device ("cpu", "cuda", "cuda:1", "mps" or a
+    ``torch.device``); one that does not exist here is a :class:`TwinsightError`.
+    """
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise TwinsightError(f"unknown device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TwinsightError(f"device {device!r} requested but no CUDA GPU is available")
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError):
+        raise TwinsightError(
+            f"unknown device {device!r}; use one of {', '.join(DEVICES)}"
+        ) from None
+    _check_available(dev, device)
     return dev
+
+
+def _autocast(dev: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to bf16/fp16 on a GPU for ``precision``; nothing for fp32 or on the CPU."""
+    if precision not in PRECISIONS:
+        raise TwinsightError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dev.type == "cpu":
+        log.debug("precision %s applies on a GPU only; the CPU embeds in fp32", precision)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
 class _EvalMode:
@@ -83,23 +139,27 @@ def embed_images(
     preprocessing: Preprocessing,
     *,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Embed images (natural scale, [N, C, H, W] or one [C, H, W] / [H, W]) -> float32 [N, d].
 
     Each batch goes through ``preprocessing`` and then the encoder in eval mode under
-    ``torch.inference_mode``; the encoder is moved to ``device`` and its training flag
-    restored afterwards.
+    ``torch.inference_mode``; the encoder is moved to ``device`` (see
+    :func:`resolve_device`; it stays there, so repeated calls do not move it again)
+    and its training flag restored afterwards. ``precision`` "bf16"/"fp16" autocasts
+    on a GPU.
     """
     batch_size = _check_batch_size(batch_size)
-    dev = _device(device)
+    dev = resolve_device(device)
+    autocast = _autocast(dev, precision)
     images = np.asarray(images)
     if images.ndim in (2, 3):
         images = images[None] if images.ndim == 3 else images[None, None]
     if images.ndim != 4:
         raise TwinsightError(f"expected images [N, C, H, W], got shape {images.shape}")
     outputs = []
-    with _EvalMode(encoder, dev) as model, torch.inference_mode():
+    with _EvalMode(encoder, dev) as model, torch.inference_mode(), autocast:
         for start in range(0, len(images), batch_size):
             batch = preprocessing(images[start : start + batch_size])
             outputs.append(_run(model, batch, dev))
@@ -125,18 +185,23 @@ def embed_collection(
     collection: Collection,
     *,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
     progress: bool = False,
 ) -> np.ndarray:
-    """Embed every image of ``collection`` in order -> float32 [N, d], streaming in batches."""
+    """Embed every image of ``collection`` in order -> float32 [N, d], streaming in batches.
+
+    ``device`` and ``precision`` as for :func:`embed_images`.
+    """
     batch_size = _check_batch_size(batch_size)
     encoder, preprocessing = _encoder_and_preprocessing(bundle_or_encoder)
-    dev = _device(device)
+    dev = resolve_device(device)
+    autocast = _autocast(dev, precision)
     dim = int(getattr(encoder, "embedding_dim", 0))
     out: np.ndarray | None = None
     n_batches = -(-len(collection) // batch_size)
     batches = collection.iter_batches(batch_size)
-    with _EvalMode(encoder, dev) as model, torch.inference_mode():
+    with _EvalMode(encoder, dev) as model, torch.inference_mode(), autocast:
         for positions, images in track(
             batches, total=n_batches, description="embedding", enabled=progress
         ):

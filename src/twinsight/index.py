@@ -5,8 +5,12 @@ folder, load it back, search it, merge shards of it. Nothing hidden: the folder
 holds ``index.faiss`` (the FAISS index, inner product on unit vectors, so the
 score is the cosine similarity the model was trained on), ``items.parquet``
 (one row per vector, in index order) and ``index.json`` (the model fingerprint
-and path, counts, dimension, index type, search settings, parameter columns,
-parameter normalizer and units).
+and path, relative to the folder, counts, dimension, index type, default search
+settings, parameter columns, parameter normalizer and units).
+
+Searching changes nothing: its settings (:class:`SearchParameters`) are passed
+to FAISS with each call, and FAISS's process-wide settings are changed only for
+the duration of a call, under a lock (:func:`faiss_search_settings`).
 
 ``index_type="auto"`` follows FAISS's guidelines ("Guidelines to choose an
 index" in the FAISS wiki): exact ``Flat`` below 200,000 vectors (a scan of
@@ -21,6 +25,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +119,12 @@ def _fill(index, vectors: np.ndarray, factory: str) -> None:
 
 
 def _set_search_params(index, nprobe: int | None, ef_search: int | None) -> None:
+    """Write the default search settings into a new FAISS index, once, at build time.
+
+    Only so that ``index.faiss`` used on its own (plain FAISS) searches like twinsight
+    does; twinsight itself passes its settings with every call (:class:`SearchParameters`)
+    and never changes a built index.
+    """
     faiss = _faiss()
     ps = faiss.ParameterSpace()
     if nprobe is not None:
@@ -123,29 +135,159 @@ def _set_search_params(index, nprobe: int | None, ef_search: int | None) -> None
             ps.set_index_parameter(index, "efSearch", int(ef_search))
 
 
+# -- per-call search parameters -------------------------------------------------------------------
+def _optional_positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise TwinsightError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SearchParameters:
+    """Settings of one search of an approximate index, FAISS-style (None: the index's default).
+
+    ``nprobe``: IVF lists probed per query (more: slower, higher recall);
+    ``ef_search``: HNSW candidate-list depth (for an HNSW index or an IVF index with
+    an HNSW coarse quantizer). They are passed to FAISS with the call
+    (``faiss.SearchParametersIVF`` / ``SearchParametersHNSW``), so a search never
+    changes the index and concurrent searches with different settings do not meet.
+    The defaults are those recorded in ``index.json`` (``nprobe`` 16 for IVF,
+    ``ef_search`` 64 for HNSW); a setting that does not apply (nprobe of a Flat
+    index) is ignored.
+    """
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nprobe", _optional_positive("nprobe", self.nprobe))
+        object.__setattr__(self, "ef_search", _optional_positive("ef_search", self.ef_search))
+
+    def over(self, defaults: SearchParameters) -> SearchParameters:
+        """These settings, with the unset ones taken from ``defaults``."""
+        return SearchParameters(
+            nprobe=defaults.nprobe if self.nprobe is None else self.nprobe,
+            ef_search=defaults.ef_search if self.ef_search is None else self.ef_search,
+        )
+
+
+def _hnsw_params(hnsw_index, ef_search: int | None):
+    params = _faiss().SearchParametersHNSW()
+    params.efSearch = int(hnsw_index.hnsw.efSearch if ef_search is None else ef_search)
+    return params
+
+
+def _ivf_params(ivf, settings: SearchParameters):
+    faiss = _faiss()
+    params = faiss.SearchParametersIVF()
+    params.nprobe = int(ivf.nprobe if settings.nprobe is None else settings.nprobe)
+    params.max_codes = int(ivf.max_codes)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if settings.ef_search is not None and isinstance(quantizer, faiss.IndexHNSW):
+        inner = _hnsw_params(quantizer, settings.ef_search)
+        params.quantizer_params = inner
+        params.referenced_objects = [inner]  # keep the SWIG object alive with its owner
+    return params
+
+
+def faiss_search_parameters(index: Any, settings: SearchParameters) -> Any | None:
+    """The ``faiss.SearchParameters`` object for one call to ``index.search`` (None: none apply).
+
+    Covers IVF (with a flat or HNSW coarse quantizer), HNSW and either behind a
+    pre-transform (PCA, OPQ); other index types search with their built-in settings.
+    """
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = faiss_search_parameters(faiss.downcast_index(index.index), settings)
+        if inner is None:
+            return None
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = inner
+        params.referenced_objects = [inner]
+        return params
+    if isinstance(index, faiss.IndexIVF):
+        return _ivf_params(index, settings)
+    if isinstance(index, faiss.IndexHNSW):
+        return _hnsw_params(index, settings.ef_search)
+    if settings != SearchParameters():
+        log.debug("search settings %s do not apply to %s", settings, type(index).__name__)
+    return None
+
+
+# -- FAISS's process-wide settings ----------------------------------------------------------------
+#: Held while FAISS's global BLAS settings may differ from their defaults, and by every
+#: search that relies on them (see :func:`faiss_search_settings`).
+_FAISS_SETTINGS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def faiss_search_settings(n_queries: int) -> Iterator[None]:
-    """Scoped FAISS settings for one search call, restored afterwards (no global change).
+    """FAISS settings for one search call, under a lock, restored afterwards.
 
     Batches of two or more queries use BLAS (threshold lowered from 128,000 to
     20, database blocks of 65,536 vectors: FAISS's default 1,024 is 20x slower on
     1M x 128); a single query keeps the non-BLAS scan (the lowered threshold
     makes it 3-5x slower) and runs on one thread, faster here than two.
+
+    Why scoped and locked rather than set once per process: the right BLAS
+    threshold depends on each call's number of queries, so no single value suits a
+    process that serves single queries and batches. ``faiss.cvar`` is process-wide,
+    so the lock makes twinsight's searches take turns while it may differ from the
+    default: every search sees exactly the settings it chose (results never depend
+    on a concurrent search). FAISS parallelises each search with OpenMP, so taking
+    turns costs little. The thread count needs no lock: ``omp_set_num_threads``
+    applies to the calling thread only. FAISS calls made outside twinsight during a
+    batch see the lowered threshold, which changes their speed, not their results.
     """
     faiss = _faiss()
     cvar = faiss.cvar
-    saved = (cvar.distance_compute_blas_threshold, cvar.distance_compute_blas_database_bs)
-    threads = faiss.omp_get_max_threads()
+    with _FAISS_SETTINGS_LOCK:
+        saved = (cvar.distance_compute_blas_threshold, cvar.distance_compute_blas_database_bs)
+        threads = faiss.omp_get_max_threads()
+        try:
+            if n_queries == 1:
+                faiss.omp_set_num_threads(1)
+            else:
+                cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+                cvar.distance_compute_blas_database_bs = BLAS_DATABASE_BS
+            yield
+        finally:
+            cvar.distance_compute_blas_threshold, cvar.distance_compute_blas_database_bs = saved
+            faiss.omp_set_num_threads(threads)
+
+
+# -- the model path, relative to the index folder -------------------------------------------------
+def _absolute(path: str | Path) -> str:
+    """An absolute path (against the current folder), without resolving symlinks."""
+    return os.path.normpath(Path(path).expanduser().absolute())
+
+
+def _relative_model_path(model_path: str | None, index_dir: Path) -> str | None:
+    """``model_path`` relative to the index folder, or absolute when no relative path exists."""
+    if model_path is None:
+        return None
+    absolute = _absolute(model_path)
     try:
-        if n_queries == 1:
-            faiss.omp_set_num_threads(1)
-        else:
-            cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-            cvar.distance_compute_blas_database_bs = BLAS_DATABASE_BS
-        yield
-    finally:
-        cvar.distance_compute_blas_threshold, cvar.distance_compute_blas_database_bs = saved
-        faiss.omp_set_num_threads(threads)
+        return Path(os.path.relpath(absolute, _absolute(index_dir))).as_posix()
+    except ValueError:  # another drive (Windows): no relative path
+        return absolute
+
+
+def _resolve_model_path(meta: dict[str, Any], index_dir: Path) -> str | None:
+    """The stored model path as an absolute path: relative to the index folder first.
+
+    Older index.json files hold a path relative to the folder the index was built
+    from, or an absolute one: those are tried as given next, then the absolute
+    path recorded at save time. When none exists, the index-relative candidate.
+    """
+    stored = meta.get("model_path")
+    if not stored:
+        return None
+    candidates = [index_dir / stored, Path(stored), meta.get("model_path_absolute")]
+    paths = [_absolute(c) for c in candidates if c]
+    return next((p for p in paths if Path(p).exists()), paths[0])
 
 
 def _parquet_safe(items: pd.DataFrame) -> pd.DataFrame:
@@ -182,7 +324,13 @@ class SimilarityIndex:
         ef_search: int | None = None,
         extra: dict | None = None,
     ) -> SimilarityIndex:
-        """Build an index from embeddings [N, d] (normalized here) and N items-table rows."""
+        """Build an index from embeddings [N, d] (normalized here) and N items-table rows.
+
+        ``model_path`` is kept absolute here and written relative to the index folder
+        by :meth:`save`, so the index finds its model from any working folder;
+        ``nprobe`` / ``ef_search`` become the index's default :class:`SearchParameters`.
+        """
+        defaults = SearchParameters(nprobe=nprobe, ef_search=ef_search)
         vectors = _unit(embeddings)
         if len(vectors) == 0:
             raise TwinsightError(
@@ -200,6 +348,7 @@ class SimilarityIndex:
         factory = resolve_index_type(index_type, len(vectors))
         index = _new_index(factory, vectors.shape[1])
         _fill(index, vectors, factory)
+        nprobe, ef_search = defaults.nprobe, defaults.ef_search
         if nprobe is None and factory.startswith("IVF"):
             nprobe = 16
         if ef_search is None and "HNSW" in factory:
@@ -209,7 +358,7 @@ class SimilarityIndex:
             "format": FORMAT,
             "version": VERSION,
             "model_fingerprint": str(model_fingerprint),
-            "model_path": None if model_path is None else str(model_path),
+            "model_path": None if model_path is None else _absolute(model_path),
             "count": int(len(vectors)),
             "dim": int(vectors.shape[1]),
             "index_type": factory,
@@ -232,6 +381,22 @@ class SimilarityIndex:
     @property
     def dim(self) -> int:
         return int(self.index.d)
+
+    @property
+    def model_path(self) -> Path | None:
+        """The model this index was built with, as an absolute path (None: not recorded).
+
+        After :meth:`load` it is resolved against the index folder (see
+        :func:`_resolve_model_path`), so it does not depend on the working folder.
+        """
+        value = self.meta.get("model_path")
+        return None if not value else Path(value)
+
+    @property
+    def search_parameters(self) -> SearchParameters:
+        """The default settings of :meth:`search` (recorded in index.json at build time)."""
+        meta = self.meta
+        return SearchParameters(nprobe=meta.get("nprobe"), ef_search=meta.get("ef_search"))
 
     @property
     def model_fingerprint(self) -> str:
@@ -279,11 +444,20 @@ class SimilarityIndex:
         self,
         query_embeddings: np.ndarray,
         k: int,
+        params: SearchParameters | None = None,
         *,
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` cosine similarities [Q, k] and positions [Q, k] (k clamped to the size)."""
+        """Top-``k`` cosine similarities [Q, k] and positions [Q, k] (k clamped to the size).
+
+        ``params`` (or the ``nprobe`` / ``ef_search`` keywords, which take precedence)
+        apply to this call only; unset ones fall back to :attr:`search_parameters`.
+        The index itself is never changed, so searches do not affect each other.
+        """
+        settings = SearchParameters(nprobe=nprobe, ef_search=ef_search).over(
+            (params or SearchParameters()).over(self.search_parameters)
+        )
         queries = _unit(query_embeddings, "query embeddings")
         if queries.shape[1] != self.dim:
             raise TwinsightError(
@@ -298,10 +472,9 @@ class SimilarityIndex:
                 "k = %d is larger than the index (%d items); using k = %d", k, len(self), len(self)
             )
             k = len(self)
-        if nprobe is not None or ef_search is not None:
-            _set_search_params(self.index, nprobe, ef_search)
+        faiss_params = faiss_search_parameters(self.index, settings)
         with faiss_search_settings(len(queries)):
-            sims, positions = self.index.search(queries, k)
+            sims, positions = self.index.search(queries, k, params=faiss_params)
         return sims, positions.astype(np.int64)
 
     def search_excluding(
@@ -338,12 +511,20 @@ class SimilarityIndex:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write ``index.faiss``, ``items.parquet`` and ``index.json`` atomically to ``path``."""
+        """Write ``index.faiss``, ``items.parquet`` and ``index.json`` atomically to ``path``.
+
+        index.json holds the model path relative to ``path`` (absolute where no
+        relative path exists) plus the absolute one as a fallback for a moved index.
+        """
         faiss = _faiss()
+        meta = dict(self.meta)
+        if meta.get("model_path"):
+            meta["model_path_absolute"] = _absolute(meta["model_path"])
+            meta["model_path"] = _relative_model_path(meta["model_path"], Path(path))
         with atomic_dir(path, overwrite=overwrite) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             self.items.to_parquet(tmp / "items.parquet", index=False)
-            (tmp / "index.json").write_text(json.dumps(self.meta, indent=2, default=str))
+            (tmp / "index.json").write_text(json.dumps(meta, indent=2, default=str))
         return Path(path)
 
     @classmethod
@@ -378,6 +559,8 @@ class SimilarityIndex:
                 f"index '{path}' is inconsistent: {index.ntotal} vectors, {len(items)} items rows, "
                 f"index.json says {meta.get('count')}; rebuild it with `twinsight index`"
             )
+        meta["model_path"] = _resolve_model_path(meta, path)
+        meta.pop("model_path_absolute", None)
         return cls(index, items, meta)
 
 
@@ -494,8 +677,13 @@ def build_index(
     nprobe: int | None = None,
     ef_search: int | None = None,
     progress: bool = False,
+    device: str | Any = "auto",
 ) -> SimilarityIndex:
-    """Embed ``collection`` (or one shard of it) with ``bundle`` and index it."""
+    """Embed ``collection`` (or one shard of it) with ``bundle`` and index it.
+
+    ``device`` is where the encoder runs (see :func:`twinsight.embedding.resolve_device`:
+    "auto" is the GPU when there is one).
+    """
     from twinsight.embedding import embed_collection
 
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
@@ -503,7 +691,9 @@ def build_index(
     part = collection if shard_t is None else collection.subset(positions)
     if len(part) == 0:
         raise TwinsightError(f"shard {shard} of '{collection.name}' is empty")
-    embeddings = embed_collection(bundle, part, batch_size=batch_size, progress=progress)
+    embeddings = embed_collection(
+        bundle, part, batch_size=batch_size, device=device, progress=progress
+    )
     targets = getattr(bundle, "targets", None) or {}
     params = [c for c in collection.param_columns]
     return SimilarityIndex.build(

@@ -1,25 +1,28 @@
-"""Figures, one function per figure (matplotlib, Agg backend, no display needed).
+"""Figures, one function per figure (matplotlib's object API, no display needed).
 
 Every function returns the :class:`matplotlib.figure.Figure` and, given a
 ``path``, also saves it atomically (PNG, PDF or SVG by the suffix). Other
 modules add their figures at the end of this file.
+
+Figures are built as ``Figure`` objects with an Agg canvas attached, never
+through ``pyplot``: importing or using this module neither switches a
+notebook's backend nor registers figures in pyplot's global list (so there is
+nothing to close). Only the command line picks a backend (``twinsight.cli``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from twinsight.errors import TwinsightError  # noqa: E402
-from twinsight.fsutil import atomic_file  # noqa: E402
+from twinsight.errors import TwinsightError
+from twinsight.fsutil import atomic_file
 
 #: Validation metrics drawn by :func:`plot_training_curves`, with their axis labels.
 METRIC_LABELS = {
@@ -40,10 +43,20 @@ def save_figure(fig: Figure, path: str | Path, *, overwrite: bool = True, dpi: i
     return path
 
 
+def _figure(rows: int = 1, cols: int = 1, *, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """A new figure with an Agg canvas and a rows x cols array of axes (pyplot-free).
+
+    The Agg canvas renders PNGs without any backend being selected; the figure is
+    not known to pyplot, so it is freed like any Python object.
+    """
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def _finish(fig: Figure, path: str | Path | None, overwrite: bool) -> Figure:
     if path is not None:
         save_figure(fig, path, overwrite=overwrite)
-    plt.close(fig)
     return fig
 
 
@@ -57,7 +70,8 @@ def plot_training_curves(
     if not history:
         raise TwinsightError("no training history to plot (no epoch finished)")
     epochs = [int(r["epoch"]) + 1 for r in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = _figure(1, 2, figsize=(10, 3.8))
+    ax_loss, ax_val = axes[0]
     ax_loss.plot(epochs, [r.get("train_loss", np.nan) for r in history], "o-", color="C0")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_loss.grid(alpha=0.3)
@@ -82,7 +96,7 @@ def select_ranked_pairs(predicted: np.ndarray, n: int = 8) -> dict[str, np.ndarr
     return {"top": order[:n], "middle": order[mid : mid + n], "bottom": order[len(order) - n :]}
 
 
-def _show(ax: plt.Axes, image: np.ndarray) -> None:
+def _show(ax: Axes, image: np.ndarray) -> None:
     image = np.asarray(image, dtype=float)
     if image.ndim == 3 and image.shape[0] in (1, 3):
         image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
@@ -121,7 +135,7 @@ def plot_ranked_pairs(
         )
     groups = select_ranked_pairs(predicted, n)
     cols = max(len(v) for v in groups.values())
-    fig, axes = plt.subplots(6, cols, figsize=(1.6 * cols, 10.5), squeeze=False)
+    fig, axes = _figure(6, cols, figsize=(1.6 * cols, 10.5))
     for g, (name, picks) in enumerate(groups.items()):
         for c in range(cols):
             top, bottom = axes[2 * g, c], axes[2 * g + 1, c]
@@ -165,7 +179,7 @@ def plot_recovery(
         )
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(3.2 * cols, 3.0 * rows))
     flat = axes.ravel()
     for j, (ax, name) in enumerate(zip(flat, names, strict=False)):
         t, m = truth[:, j], median[:, j]
@@ -187,7 +201,7 @@ def plot_recovery(
 
 
 # -- search, matching and evaluation figures (added by the search engineer) -----------------------
-def _show_image(ax: plt.Axes, image: np.ndarray) -> None:
+def _show_image(ax: Axes, image: np.ndarray) -> None:
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3:
         img = img[0] if img.shape[0] == 1 else np.moveaxis(img[:3], 0, -1)
@@ -211,7 +225,7 @@ def plot_search_results(
     """Seed 004's figure: each query (left) beside its matches, titled with their similarity."""
     n_q = len(queries)
     k = max((len(m) for m in matches), default=0)
-    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.8 * (k + 1), 2.3 * n_q), squeeze=False)
+    fig, axes = _figure(n_q, k + 1, figsize=(1.8 * (k + 1), 2.3 * n_q))
     for q in range(n_q):
         _show_image(axes[q, 0], queries[q])
         name = query_names[q] if query_names else str(q)
@@ -237,7 +251,7 @@ def plot_parameter_matches(
     params = list(estimate.parameters.values())
     cols = min(4, len(params))
     rows = -(-len(params) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(3.6 * cols, 2.8 * rows))
     flat = axes.ravel()
     for ax, p in zip(flat, params, strict=False):
         edges = p.histogram_edges
@@ -286,7 +300,8 @@ def plot_coverage_calibration(
 
     ``curve`` is evaluate's ``calibration_curve``: ``levels`` and ``observed`` {name: [...]}.
     """
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    fig, axes = _figure(figsize=(4.5, 4.2))
+    ax = axes[0, 0]
     levels = list(curve["levels"])
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="ideal")
     for name, observed in dict(curve["observed"]).items():

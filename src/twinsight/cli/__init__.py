@@ -66,12 +66,27 @@ from twinsight.cli import demo as _demo  # noqa: E402,F401
 # isort: on
 
 
+def _process_settings() -> None:
+    """Settings that belong to the whole process, so only the command line makes them.
+
+    matplotlib's Agg backend: twinsight's own figures need no backend (they use the
+    object API), but a library that draws through pyplot during a command must not
+    try to open a window on a machine without a display. FAISS's global settings are
+    not set here: :mod:`twinsight.index` scopes them per search under a lock, because
+    the right value depends on the number of queries of each call.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; exits 2 on a user error, without a traceback.
 
     Typer's standalone mode handles usage errors (exit 2), ``--help`` and
     ``Exit``; a :class:`TwinsightError` raised by the library becomes one line.
     """
+    _process_settings()
     try:
         app(args=argv, prog_name="twinsight")
     except TwinsightError as exc:

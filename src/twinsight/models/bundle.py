@@ -186,18 +186,38 @@ class ModelBundle:
         )
 
     # -- use ------------------------------------------------------------------------------------
-    def embed(self, images: np.ndarray, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-        """Embeddings float32 [N, d] of images in their natural scale (preprocessing applied)."""
+    def embed(
+        self,
+        images: np.ndarray,
+        batch_size: int = 256,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+    ) -> np.ndarray:
+        """Embeddings float32 [N, d] of images in their natural scale (preprocessing applied).
+
+        ``device``: "auto" (the GPU if there is one), "cpu", "cuda:0", "mps", ...;
+        ``precision``: "fp32", or "bf16"/"fp16" autocast on a GPU (see
+        :mod:`twinsight.embedding`).
+        """
         return embed_images(
-            self.encoder, images, self.preprocessing, batch_size=batch_size, device=device
+            self.encoder,
+            images,
+            self.preprocessing,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
         )
 
     def similarity(
-        self, images_a: np.ndarray, images_b: np.ndarray, batch_size: int = 256
+        self,
+        images_a: np.ndarray,
+        images_b: np.ndarray,
+        batch_size: int = 256,
+        device: str | torch.device = "auto",
     ) -> np.ndarray:
         """Cosine similarity of each pair (a_i, b_i) -> float32 [N]; one image broadcasts."""
-        a = self.embed(images_a, batch_size=batch_size)
-        b = self.embed(images_b, batch_size=batch_size)
+        a = self.embed(images_a, batch_size=batch_size, device=device)
+        b = self.embed(images_b, batch_size=batch_size, device=device)
         if len(a) != len(b) and 1 not in (len(a), len(b)):
             raise TwinsightError(
                 f"similarity needs as many images on both sides (or one on a side), "

@@ -3,30 +3,38 @@
 The Siamese "twin" is one encoder applied to every image; the similarity of a
 pair is the cosine of their embeddings, so embeddings are L2-normalized by
 default. Every encoder records the keyword arguments that rebuild it
-(:attr:`Encoder.config`, plain JSON values) and the preprocessing its input
-expects (:meth:`Encoder.default_preprocessing`), so that a saved model can be
-rebuilt from a JSON file plus a safetensors file and nothing else.
+(:attr:`Encoder.config`, plain JSON values; with :attr:`Encoder.name` it is the
+encoder's whole description) and the preprocessing its input expects
+(:meth:`Encoder.default_preprocessing`), so that a saved model can be rebuilt
+from a JSON file plus a safetensors file and nothing else.
 
-Names:
+The registry works like timm's: a builder function decorated with
+:func:`register_encoder` is an encoder, :func:`create_encoder` builds one by
+name, :func:`list_encoders` lists them. Names:
 
 - ``seed-cnn``: seed 000's encoder (five conv blocks 8-16-32-64-128, FC 1024 -> d),
   every architectural choice configurable;
 - ``small-cnn``: seed 003's two-block CNN for small images (MNIST-like);
-- ``resnet18`` / ``resnet34`` / ``resnet50``: torchvision ResNets, first conv adapted to
-  the input channels, pretrained weights only from a local file;
+- ``resnet18`` / ``resnet34`` / ``resnet50``: timm's ResNets (the same layers and
+  parameter names as torchvision's), first conv adapted to the input channels;
 - ``timm:<name>``: any timm backbone as a feature extractor plus a linear head.
 
-Pretrained weights are never downloaded: ``weights`` must be a local file.
+Pretrained weights are never downloaded: ``weights`` must be a local file
+(timm loads it through ``pretrained_cfg_overlay=dict(file=...)`` and adapts the
+first convolution to the input channels); a pretrained backbone standardizes its
+input with the mean and std of its pretrained config.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,31 +45,33 @@ from twinsight.errors import TwinsightError
 
 log = logging.getLogger(__name__)
 
-#: ImageNet statistics, used as the default preprocessing of pretrained backbones.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 ACTIVATIONS = ("relu", "elu", "leaky-relu")
 RESNETS = ("resnet18", "resnet34", "resnet50")
+TIMM_PREFIX = "timm:"
+
+#: Arguments every builder takes (and :attr:`Encoder.config` records); ``weights`` is
+#: optional for a builder and never recorded (a trained model's weights live in its bundle).
+COMMON_ARGS = ("embedding_dim", "in_channels", "input_size", "normalize")
 
 
 class Encoder(nn.Module):
     """A backbone (images -> features) and a head (features -> d), L2-normalized by default.
 
     Attributes: ``name`` (registry name), ``embedding_dim``, ``config`` (every keyword
-    argument :func:`create_encoder` needs to rebuild this encoder, JSON-able).
+    argument :func:`create_encoder` needs to rebuild this encoder, JSON-able); both are
+    filled in by :func:`create_encoder`, so a builder need not know its own name.
     """
 
     def __init__(
         self,
-        name: str,
         backbone: nn.Module,
         head: nn.Module,
         *,
         embedding_dim: int,
-        config: dict[str, Any],
         preprocessing: Preprocessing,
         normalize: bool = True,
+        name: str = "",
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -69,7 +79,7 @@ class Encoder(nn.Module):
         self.name = name
         self.embedding_dim = int(embedding_dim)
         self.normalize = bool(normalize)
-        self.config = dict(config)
+        self.config = dict(config or {})
         self._preprocessing = preprocessing
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -85,6 +95,109 @@ class Encoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embedding_dim={self.embedding_dim}"
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+Builder = TypeVar("Builder", bound=Callable[..., Encoder])
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One registered encoder: its builder and the default values of its options."""
+
+    name: str
+    builder: Callable[..., Encoder]
+    default_config: Mapping[str, Any]
+
+    @property
+    def loads_weights(self) -> bool:
+        """Whether the builder loads a weights file itself (else create_encoder does)."""
+        return "weights" in inspect.signature(self.builder).parameters
+
+
+_REGISTRY: dict[str, EncoderEntry] = {}
+
+
+def _json_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``config`` as plain JSON values (tuples become lists); anything else is refused."""
+    try:
+        return json.loads(json.dumps(dict(config), default=_json_scalar))
+    except (TypeError, ValueError) as exc:
+        raise TwinsightError(f"{where}: options must be JSON values ({exc})") from None
+
+
+def _json_scalar(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()  # numpy / torch scalars
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _check_builder(name: str, builder: Callable[..., Encoder], options: Sequence[str]) -> None:
+    """A builder must take the common arguments and every option by keyword."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [a for a in (*COMMON_ARGS, *options) if a not in params]
+    if missing:
+        raise TwinsightError(
+            f"encoder '{name}': its builder {getattr(builder, '__name__', builder)!r} lacks the "
+            f"keyword argument(s) {missing}; builders take {', '.join(COMMON_ARGS)} and each option"
+        )
+
+
+def register_encoder(
+    name: str, *, default_config: Mapping[str, Any] | None = None, replace: bool = False
+) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(*, embedding_dim, in_channels, input_size, normalize,
+    [weights,] **options) -> Encoder`` under ``name``.
+
+    ``default_config`` holds every option and its default value (JSON values); an
+    option not listed there is refused by :func:`create_encoder`. A builder that takes
+    ``weights`` loads that local file itself; for any other builder,
+    :func:`create_encoder` loads it into the whole encoder. ``replace=True`` replaces
+    an existing entry (otherwise a clash is an error). Returns the builder unchanged.
+    """
+    if not isinstance(name, str) or not name.strip() or name.startswith(TIMM_PREFIX):
+        raise TwinsightError(
+            f"encoder name {name!r} is not allowed: give a non-empty name that does not start "
+            f"with '{TIMM_PREFIX}' (reserved for timm backbones)"
+        )
+    defaults = _json_config(default_config or {}, f"encoder '{name}' default_config")
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _REGISTRY and not replace:
+            raise TwinsightError(
+                f"encoder '{name}' is already registered; choose another name or pass replace=True"
+            )
+        _check_builder(name, builder, list(defaults))
+        _REGISTRY[name] = EncoderEntry(name, builder, defaults)
+        return builder
+
+    return decorate
+
+
+def unregister_encoder(name: str) -> EncoderEntry:
+    """Remove ``name`` from the registry (tests and plugins clean up with it); returns its entry."""
+    if name not in _REGISTRY:
+        raise TwinsightError(f"encoder '{name}' is not registered; registered: {list_encoders()}")
+    return _REGISTRY.pop(name)
+
+
+def list_encoders() -> list[str]:
+    """The registered encoder names (``timm:<name>`` stands for any timm model)."""
+    return [*_REGISTRY, f"{TIMM_PREFIX}<name>"]
+
+
+def encoder_defaults(name: str) -> dict[str, Any]:
+    """The options of a registered encoder with their default values (a copy)."""
+    return dict(_entry(name).default_config)
+
+
+def _entry(name: str) -> EncoderEntry:
+    if name not in _REGISTRY:
+        raise TwinsightError(f"unknown encoder '{name}'; valid names: {', '.join(list_encoders())}")
+    return _REGISTRY[name]
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -160,39 +273,42 @@ def _minmax(input_size: tuple[int, int], channels: int) -> Preprocessing:
     return Preprocessing(size=input_size, channels=channels, normalize="minmax")
 
 
-def _imagenet(input_size: tuple[int, int], channels: int) -> Preprocessing:
-    """ImageNet standardization for pretrained backbones (grey: the mean of the RGB statistics)."""
-    if channels == 3:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        mean = (sum(IMAGENET_MEAN) / 3,) * channels
-        std = (sum(IMAGENET_STD) / 3,) * channels
-    return Preprocessing(
-        size=input_size, channels=channels, normalize="standardize", mean=mean, std=std
-    )
-
-
 # -- seed-cnn ----------------------------------------------------------------------------------
 
 
-def _build_seed_cnn(
+@register_encoder(
+    "seed-cnn",
+    default_config={
+        "channels": [8, 16, 32, 64, 128],
+        "kernel_size": 3,
+        "stride": 1,
+        "padding": 1,
+        "pool": True,
+        "pool_size": 2,
+        "dropout": 0.0,
+        "batch_norm": True,
+        "activation": "relu",
+        "he_init": True,
+        "hidden": 1024,
+    },
+)
+def seed_cnn(
     *,
     embedding_dim: int,
     in_channels: int,
     input_size: tuple[int, int],
-    weights: str | None,
     normalize: bool,
-    channels: Sequence[int] = (8, 16, 32, 64, 128),
-    kernel_size: int = 3,
-    stride: int = 1,
-    padding: int = 1,
-    pool: bool = True,
-    pool_size: int = 2,
-    dropout: float = 0.0,
-    batch_norm: bool = True,
-    activation: str = "relu",
-    he_init: bool = True,
-    hidden: int = 1024,
+    channels: Sequence[int],
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    pool: bool,
+    pool_size: int,
+    dropout: float,
+    batch_norm: bool,
+    activation: str,
+    he_init: bool,
+    hidden: int,
 ) -> Encoder:
     """Seed 000's encoder: conv blocks (conv [-BN] -act [-maxpool]), then FC ``hidden`` -> d.
 
@@ -248,44 +364,27 @@ def _build_seed_cnn(
     if he_init:
         _he_init(backbone, activation)
         _he_init(head, activation)
-    config = {
-        "channels": list(channels),
-        "kernel_size": kernel_size,
-        "stride": stride,
-        "padding": int(padding),
-        "pool": bool(pool),
-        "pool_size": pool_size,
-        "dropout": float(dropout),
-        "batch_norm": bool(batch_norm),
-        "activation": activation,
-        "he_init": bool(he_init),
-        "hidden": hidden,
-    }
-    encoder = Encoder(
-        "seed-cnn",
+    return Encoder(
         backbone,
         head,
         embedding_dim=embedding_dim,
-        config=config,
         preprocessing=_minmax(input_size, in_channels),
         normalize=normalize,
     )
-    _load_local_weights(encoder, weights)
-    return encoder
 
 
 # -- small-cnn ---------------------------------------------------------------------------------
 
 
-def _build_small_cnn(
+@register_encoder("small-cnn", default_config={"channels": [32, 64], "seed_exact": False})
+def small_cnn(
     *,
     embedding_dim: int,
     in_channels: int,
     input_size: tuple[int, int],
-    weights: str | None,
     normalize: bool,
-    channels: Sequence[int] = (32, 64),
-    seed_exact: bool = False,
+    channels: Sequence[int],
+    seed_exact: bool,
 ) -> Encoder:
     """Seed 003's CNN: (conv3x3 - BN - ReLU - maxpool2) per entry of ``channels``, then a head.
 
@@ -324,32 +423,33 @@ def _build_small_cnn(
         )
     else:
         head = nn.Linear(flat, embedding_dim)
-    encoder = Encoder(
-        "small-cnn",
+    return Encoder(
         nn.Sequential(*layers),
         head,
         embedding_dim=embedding_dim,
-        config={"channels": list(channels), "seed_exact": bool(seed_exact)},
         # Min-max rather than MNIST's mean/std: the first layer is conv + BatchNorm, which
         # absorbs any affine rescaling of the input, and min-max fits every data source.
         preprocessing=_minmax(input_size, in_channels),
         normalize=normalize,
     )
-    _load_local_weights(encoder, weights)
-    return encoder
 
 
-# -- torchvision resnets -----------------------------------------------------------------------
+# -- local weights -----------------------------------------------------------------------------
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from a local file: safetensors, or a torch file read with weights_only."""
+def _local_file(path: str) -> Path:
     file = Path(path).expanduser()
     if not file.is_file():
         raise TwinsightError(
             f"weights file '{path}' does not exist; pass a local file of pretrained weights "
             f"(twinsight never downloads them)"
         )
+    return file
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a local file: safetensors, or a torch file read with weights_only."""
+    file = _local_file(path)
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -370,121 +470,8 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Pretrained RGB filters for ``in_channels`` inputs: their average, rescaled by 3/C.
-
-    Rescaling keeps the activations of a grey image equal to those of its RGB copy,
-    so the pretrained batch-norm statistics stay valid.
-    """
-    if weight.shape[1] == in_channels:
-        return weight
-    mean = weight.mean(dim=1, keepdim=True) * (weight.shape[1] / in_channels)
-    return mean.repeat(1, in_channels, 1, 1)
-
-
-def _build_resnet(
-    arch: str,
-    *,
-    embedding_dim: int,
-    in_channels: int,
-    input_size: tuple[int, int],
-    weights: str | None,
-    normalize: bool,
-) -> Encoder:
-    import torchvision
-
-    net = getattr(torchvision.models, arch)(weights=None)
-    if in_channels != 3:
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    features = net.fc.in_features
-    net.fc = nn.Identity()
-    if weights:
-        state = _read_state_dict(weights)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        if "conv1.weight" in state:
-            state["conv1.weight"] = _adapt_first_conv(state["conv1.weight"], in_channels)
-        _load_checked(net, state, f"weights file '{weights}' does not fit {arch}")
-    prep = _imagenet(input_size, in_channels) if weights else _minmax(input_size, in_channels)
-    return Encoder(
-        arch,
-        net,
-        nn.Linear(features, embedding_dim),
-        embedding_dim=embedding_dim,
-        config={},
-        preprocessing=prep,
-        normalize=normalize,
-    )
-
-
-# -- timm --------------------------------------------------------------------------------------
-
-
-def _build_timm(
-    model_name: str,
-    *,
-    embedding_dim: int,
-    in_channels: int,
-    input_size: tuple[int, int],
-    weights: str | None,
-    normalize: bool,
-    **timm_kwargs: Any,
-) -> Encoder:
-    import timm
-
-    if not timm.is_model(model_name):
-        close = timm.list_models(f"*{model_name}*")[:10]
-        hint = f"; similar timm names: {', '.join(close)}" if close else ""
-        raise TwinsightError(
-            f"unknown timm model 'timm:{model_name}'{hint} (see timm.list_models() for all of them)"
-        )
-    kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_channels, **timm_kwargs)
-    if weights:
-        file = Path(weights).expanduser()
-        if not file.is_file():
-            raise TwinsightError(
-                f"weights file '{weights}' does not exist; pass a local file of pretrained "
-                f"weights (twinsight never downloads them)"
-            )
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
-    try:
-        net = timm.create_model(model_name, **kwargs)
-    except TwinsightError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise TwinsightError(f"cannot create timm model '{model_name}': {exc}") from None
-    prep = _imagenet(input_size, in_channels) if weights else _minmax(input_size, in_channels)
-    return Encoder(
-        f"timm:{model_name}",
-        net,
-        nn.Linear(net.num_features, embedding_dim),
-        embedding_dim=embedding_dim,
-        config=dict(timm_kwargs),
-        preprocessing=prep,
-        normalize=normalize,
-    )
-
-
-# -- registry ----------------------------------------------------------------------------------
-
-_BUILDERS: dict[str, Callable[..., Encoder]] = {
-    "seed-cnn": _build_seed_cnn,
-    "small-cnn": _build_small_cnn,
-    **{arch: functools.partial(_build_resnet, arch) for arch in RESNETS},
-}
-_OPTIONS: dict[str, tuple[str, ...]] = {
-    "seed-cnn": tuple(inspect.signature(_build_seed_cnn).parameters)[5:],
-    "small-cnn": tuple(inspect.signature(_build_small_cnn).parameters)[5:],
-    **{arch: () for arch in RESNETS},
-}
-
-
-def list_encoders() -> list[str]:
-    """The registered encoder names (``timm:<name>`` stands for any timm model)."""
-    return [*_BUILDERS, "timm:<name>"]
-
-
 def _load_local_weights(encoder: Encoder, weights: str | None) -> None:
-    """Load a whole-encoder state dict from a local file (for seed-cnn / small-cnn)."""
+    """Load a whole-encoder state dict from a local file (builders that take no ``weights``)."""
     if not weights:
         return
     state = _read_state_dict(weights)
@@ -504,6 +491,183 @@ def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str) 
         )
 
 
+# -- timm backbones ----------------------------------------------------------------------------
+
+
+def _channel_stats(values: Sequence[float], channels: int) -> tuple[float, ...]:
+    """Per-channel statistics for ``channels`` inputs: as given, or their average repeated."""
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    return (sum(values) / len(values),) * channels
+
+
+def pretrained_preprocessing(
+    net: nn.Module, input_size: tuple[int, int], channels: int
+) -> Preprocessing:
+    """Standardization with the mean and std of the backbone's pretrained config.
+
+    A backbone adapted to another number of channels (grey images into an RGB
+    model) gets the average of the statistics for every channel, as timm adapts
+    its first convolution. Without statistics in the config: min-max.
+    """
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if not mean or not std:
+        log.warning("backbone %s has no mean/std in its pretrained config; using min-max", net)
+        return _minmax(input_size, channels)
+    return Preprocessing(
+        size=input_size,
+        channels=channels,
+        normalize="standardize",
+        mean=_channel_stats(mean, channels),
+        std=_channel_stats(std, channels),
+    )
+
+
+def _timm_module():
+    import timm
+
+    return timm
+
+
+def _check_timm_name(model_name: str) -> None:
+    timm = _timm_module()
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name}*")[:10]
+        hint = f"; similar timm names: {', '.join(close)}" if close else ""
+        raise TwinsightError(
+            f"unknown timm model 'timm:{model_name}'{hint} (see timm.list_models() for all of them)"
+        )
+
+
+def _check_timm_weights(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """timm loads with strict=False when the classifier is dropped: check the keys here."""
+    classifiers = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    expected = set(net.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(
+        k for k in set(state) - expected if not k.startswith(tuple(f"{c}." for c in classifiers))
+    )
+    if missing or unexpected:
+        raise TwinsightError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def create_timm_backbone(
+    model_name: str, *, in_channels: int, weights: str | None, **timm_kwargs: Any
+) -> nn.Module:
+    """``timm.create_model(name, pretrained=..., num_classes=0, in_chans=C)``, never downloading.
+
+    With ``weights`` (a local state-dict file) timm loads it through
+    ``pretrained_cfg_overlay=dict(file=...)``, adapting the first convolution to
+    ``in_channels``; without, the backbone is randomly initialized.
+    """
+    _check_timm_name(model_name)
+    kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_channels, pretrained=False)
+    state = None
+    if weights:
+        state = _read_state_dict(weights)  # clear errors for a missing or unreadable file
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(_local_file(weights))))
+    try:
+        net = _timm_module().create_model(model_name, **kwargs, **timm_kwargs)
+    except Exception as exc:  # noqa: BLE001 - timm raises many types for a bad option or file
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if state is not None and not isinstance(exc, TypeError):  # TypeError: a bad option
+            raise TwinsightError(
+                f"weights file '{weights}' does not fit {model_name}: {detail}"
+            ) from None
+        raise TwinsightError(f"cannot create timm model '{model_name}': {detail}") from None
+    if state is not None:
+        _check_timm_weights(net, state, f"weights file '{weights}' does not fit {model_name}")
+    return net
+
+
+def timm_encoder(
+    model_name: str,
+    *,
+    embedding_dim: int,
+    in_channels: int,
+    input_size: tuple[int, int],
+    normalize: bool,
+    weights: str | None,
+    **timm_kwargs: Any,
+) -> Encoder:
+    """A timm backbone (pooled features) plus a linear head to ``embedding_dim``.
+
+    Pretrained weights bring the pretrained config's standardization; a randomly
+    initialized backbone takes min-max scaled images like the small CNNs.
+    """
+    net = create_timm_backbone(model_name, in_channels=in_channels, weights=weights, **timm_kwargs)
+    if weights:
+        prep = pretrained_preprocessing(net, input_size, in_channels)
+    else:
+        prep = _minmax(input_size, in_channels)
+    return Encoder(
+        net,
+        nn.Linear(net.num_features, embedding_dim),
+        embedding_dim=embedding_dim,
+        preprocessing=prep,
+        normalize=normalize,
+    )
+
+
+for _arch in RESNETS:  # the ResNets are timm backbones under their plain names
+    register_encoder(_arch)(functools.partial(timm_encoder, _arch))
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def _check_pretrained(name: str, weights: str | None, pretrained: bool) -> None:
+    if pretrained and not weights:
+        raise TwinsightError(
+            f"encoder '{name}': pretrained weights cannot be downloaded (twinsight works "
+            "offline); pass a local weights file with weights='path/to/file.safetensors' "
+            "(encoder.weights in the config, --weights on the command line)"
+        )
+
+
+def _build_registered(
+    name: str, common: dict[str, Any], weights: str | None, options: dict[str, Any]
+) -> tuple[Encoder, dict[str, Any]]:
+    """Build a registered encoder; returns it and the options it was built with."""
+    entry = _entry(name)
+    unknown = sorted(set(options) - set(entry.default_config))
+    if unknown:
+        allowed = ", ".join(entry.default_config) or "none"
+        raise TwinsightError(
+            f"encoder '{name}' has no option(s) {unknown}; its options are: {allowed} "
+            f"(and embedding_dim, in_channels, input_size, weights, normalize for all)"
+        )
+    config = {**entry.default_config, **_json_config(options, f"encoder '{name}'")}
+    extra = {"weights": weights} if entry.loads_weights else {}
+    try:
+        encoder = entry.builder(**common, **extra, **config)
+    except TypeError as exc:
+        raise TwinsightError(f"encoder '{name}': bad option: {exc}") from None
+    if not isinstance(encoder, Encoder):
+        raise TwinsightError(
+            f"encoder '{name}': its builder returned {type(encoder).__name__}, not an Encoder"
+        )
+    encoder.name = name
+    if not entry.loads_weights:
+        _load_local_weights(encoder, weights)
+    return encoder, config
+
+
+def _build_timm_family(
+    name: str, common: dict[str, Any], weights: str | None, options: dict[str, Any]
+) -> tuple[Encoder, dict[str, Any]]:
+    model_name = name.removeprefix(TIMM_PREFIX)
+    if not model_name:
+        raise TwinsightError("encoder 'timm:' needs a model name, e.g. 'timm:resnet10t'")
+    config = _json_config(options, f"encoder '{name}'")
+    encoder = timm_encoder(model_name, **common, weights=weights, **config)
+    encoder.name = name
+    return encoder, config
+
+
 def create_encoder(
     name: str,
     *,
@@ -511,54 +675,32 @@ def create_encoder(
     in_channels: int = 1,
     input_size: Sequence[int] = (64, 64),
     weights: str | None = None,
+    pretrained: bool = False,
     normalize: bool = True,
-    **cfg: Any,
+    **options: Any,
 ) -> Encoder:
-    """Build an encoder by name (see :func:`list_encoders`) with its options in ``cfg``.
+    """Build an encoder by name (see :func:`list_encoders`) with its options in ``options``.
 
     ``weights`` is a local state-dict file (safetensors or torch, read without
     unpickling); it is applied once at construction and not recorded in ``config``
-    (a trained model's own weights live in its bundle). ``Encoder.config`` holds every
-    other argument, so ``create_encoder(enc.name, **enc.config)`` rebuilds it.
+    (a trained model's own weights live in its bundle). ``pretrained=True`` without
+    ``weights`` is an error: nothing is downloaded. ``Encoder.config`` holds every
+    other argument (options with their defaults), so
+    ``create_encoder(enc.name, **enc.config)`` rebuilds it.
     """
     if not isinstance(name, str) or not name:
         raise TwinsightError(f"encoder name must be a string, got {name!r}")
-    embedding_dim = _positive_int("embedding_dim", embedding_dim)
-    in_channels = _positive_int("in_channels", in_channels)
-    size = _check_size(input_size)
+    _check_pretrained(name, weights, bool(pretrained))
     common = dict(
-        embedding_dim=embedding_dim,
-        in_channels=in_channels,
-        input_size=size,
-        weights=str(weights) if weights else None,
+        embedding_dim=_positive_int("embedding_dim", embedding_dim),
+        in_channels=_positive_int("in_channels", in_channels),
+        input_size=_check_size(input_size),
         normalize=bool(normalize),
     )
-    if name.startswith("timm:"):
-        model_name = name.removeprefix("timm:")
-        if not model_name:
-            raise TwinsightError("encoder 'timm:' needs a model name, e.g. 'timm:resnet10t'")
-        encoder = _build_timm(model_name, **common, **cfg)
-    elif name in _BUILDERS:
-        unknown = sorted(set(cfg) - set(_OPTIONS[name]))
-        if unknown:
-            allowed = ", ".join(_OPTIONS[name]) or "none"
-            raise TwinsightError(
-                f"encoder '{name}' has no option(s) {unknown}; its options are: {allowed} "
-                f"(and embedding_dim, in_channels, input_size, weights, normalize for all)"
-            )
-        try:
-            encoder = _BUILDERS[name](**common, **cfg)
-        except TypeError as exc:
-            raise TwinsightError(f"encoder '{name}': bad option: {exc}") from None
-    else:
-        raise TwinsightError(f"unknown encoder '{name}'; valid names: {', '.join(list_encoders())}")
-    encoder.config = {
-        "embedding_dim": embedding_dim,
-        "in_channels": in_channels,
-        "input_size": list(size),
-        "normalize": bool(normalize),
-        **encoder.config,
-    }
+    weights = str(weights) if weights else None
+    build = _build_timm_family if name.startswith(TIMM_PREFIX) else _build_registered
+    encoder, config = build(name, common, weights, options)
+    encoder.config = {**common, "input_size": list(common["input_size"]), **config}
     return encoder
 
 
