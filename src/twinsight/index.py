@@ -432,6 +432,23 @@ class SimilarityIndex:
                 "or query with the index's own model"
             )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The index's description (its ``index.json``): what ``index --json`` prints."""
+        return dict(self.meta)
+
+    def subset(self, keep: np.ndarray) -> SimilarityIndex:
+        """A new index of the items where ``keep`` (bool [N]) is true: same model, settings.
+
+        Exact for Flat/HNSW/IVF-Flat indexes (the stored vectors are re-indexed).
+        """
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise TwinsightError(f"subset needs a mask of {len(self)} booleans, got {keep.shape}")
+        if not keep.any():
+            raise TwinsightError("the subset of the index is empty")
+        extra = {k: self.meta[k] for k in ("source", "matching") if k in self.meta}
+        return _rebuilt(self.meta, self.vectors()[keep], self.items[keep], extra=extra)
+
     def vectors(self) -> np.ndarray:
         """All stored vectors [N, d] (exact for Flat/HNSW/IVF-Flat indexes)."""
         faiss = _faiss()
@@ -619,21 +636,32 @@ def merge(shards: Sequence[SimilarityIndex], *, index_type: str | None = None) -
             "was a shard given twice?"
         )
     vectors = np.concatenate([s.vectors() for s in shards])
-    meta = first.meta
-    keep = {"source", "shard_of", "matching", "preprocessing"}
+    keep = {"source", "matching", "preprocessing"}
+    extra = {k: v for k, v in first.meta.items() if k in keep} | {"merged_from": len(shards)}
+    return _rebuilt(first.meta, vectors, items, index_type=index_type, extra=extra)
+
+
+def _rebuilt(
+    meta: dict[str, Any],
+    vectors: np.ndarray,
+    items: pd.DataFrame,
+    *,
+    index_type: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> SimilarityIndex:
+    """A new index of ``vectors`` with the model, settings and parameters of ``meta``."""
     return SimilarityIndex.build(
         vectors,
-        items,
-        model_fingerprint=first.model_fingerprint,
+        items.reset_index(drop=True),
+        model_fingerprint=str(meta.get("model_fingerprint", "")),
         model_path=meta.get("model_path"),
         index_type=index_type or meta.get("requested_index_type", "Flat"),
-        param_columns=first.param_columns,
+        param_columns=list(meta.get("param_columns") or []),
         normalizer=meta.get("normalizer"),
         units=meta.get("units"),
         nprobe=meta.get("nprobe"),
         ef_search=meta.get("ef_search"),
-        extra={k: v for k, v in meta.items() if k in keep and k != "shard_of"}
-        | {"merged_from": len(shards)},
+        extra=extra,
     )
 
 
