@@ -80,7 +80,7 @@ def test_k_is_clamped_and_logged(caplog):
     assert pos.shape == (2, 12)
     assert sorted(pos[0]) == list(range(12))
     assert "larger than the index" in caplog.text
-    with pytest.raises(TwinsightError, match="at least 1"):
+    with pytest.raises(TwinsightError, match="k must be an integer >= 1, got 0"):
         idx.search(x[:1], 0)
 
 

@@ -17,7 +17,6 @@ So RUN is either absent, or a complete run; never half-written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from twinsight.data.readers import open_collection
 from twinsight.data.transforms import preprocess
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
+from twinsight.io import write_json
 from twinsight.models.bundle import ModelBundle
 from twinsight.plots import plot_ranked_pairs, plot_training_curves, select_ranked_pairs
 from twinsight.training import Prepared, fit, pair_targets, prepare, split_train_val
@@ -175,7 +175,7 @@ def _write_outputs(
     bundle.save(work / "model", overwrite=True)
     history = metrics["history"]
     write_text_atomic(work / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
-    write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    write_json(work / "metrics.json", metrics)
     if history:
         plot_training_curves(history, work / "training_curves.png")
     pairs = ranked_validation_pairs(bundle, val, prep)

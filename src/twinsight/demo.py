@@ -33,6 +33,7 @@ from typing import Any
 
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
+from twinsight.io import dumps
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def input_fingerprint(stage: Stage, upstream: dict[str, str]) -> str:
         "config": stage.config,
         "upstream": {name: upstream[name] for name in stage.depends},
     }
-    text = json.dumps(payload, sort_keys=True, default=str)
+    text = dumps(payload, indent=None, sort_keys=True, lenient=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -139,7 +140,7 @@ def read_stages(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _write_stages(run_dir: Path, record: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / STAGES_FILE, json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(run_dir / STAGES_FILE, dumps(record, lenient=True) + "\n")
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -440,7 +441,7 @@ def _match(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     )[0]
     write_text_atomic(
         run_dir / LAYOUT["estimate"],
-        json.dumps(estimate.to_dict(with_values=True), indent=2, default=float) + "\n",
+        dumps(estimate.to_dict(with_values=True)) + "\n",
     )
     shown = min(s.n_shown, estimate.n_matches)
     library = open_collection(str(run_dir / DATA_FILE))
@@ -484,9 +485,7 @@ def _calibrate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
         "coverage_68": float(np.mean([p["coverage_68"] for p in params.values()])),
         "coverage_95": float(np.mean([p["coverage_95"] for p in params.values()])),
     }
-    write_text_atomic(
-        run_dir / LAYOUT["calibration"], json.dumps(data, indent=2, default=float) + "\n"
-    )
+    write_text_atomic(run_dir / LAYOUT["calibration"], dumps(data) + "\n")
     plot_coverage_calibration(result["calibration_curve"], run_dir / LAYOUT["fig_calibration"])
     arrays = result["_arrays"]
     scales = [params[c].get("scale", "linear") for c in params]

@@ -31,6 +31,8 @@ import pandas as pd
 
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_dir
+from twinsight.io import dumps
+from twinsight.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +292,7 @@ class SimilarityIndex:
                 f"query embeddings have dimension {queries.shape[1]} but the index holds "
                 f"dimension {self.dim}"
             )
-        k = int(k)
-        if k < 1:
-            raise TwinsightError(f"k must be at least 1, got {k}")
+        k = check_positive_int(k, "k")
         if k > len(self):
             log.info(
                 "k = %d is larger than the index (%d items); using k = %d", k, len(self), len(self)
@@ -343,7 +343,7 @@ class SimilarityIndex:
         with atomic_dir(path, overwrite=overwrite) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             self.items.to_parquet(tmp / "items.parquet", index=False)
-            (tmp / "index.json").write_text(json.dumps(self.meta, indent=2, default=str))
+            (tmp / "index.json").write_text(dumps(self.meta, lenient=True))
         return Path(path)
 
     @classmethod

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from twinsight.cli._app import app, console, err_console, print_json
 from twinsight.errors import TwinsightError
+from twinsight.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ def search_cmd(
     """Find the most similar indexed images for one or more query images."""
     from twinsight.inference import embed_queries, load_queries
 
-    if k < 1:
-        raise TwinsightError(f"-k must be at least 1, got {k}")
+    check_positive_int(k, "-k")
     idx, bundle = _index_and_model(index_dir, model)
     queries = load_queries(images, bundle.preprocessing)
     emb = embed_queries(bundle, queries)
@@ -432,13 +432,12 @@ def evaluate_cmd(
 
 
 def _write_eval(out, metrics, result, collection, split, overwrite) -> None:
-    import json
-
     from twinsight.fsutil import atomic_dir
+    from twinsight.io import dumps
     from twinsight.plots import plot_coverage_calibration, plot_ranked_pairs, select_ranked_pairs
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        (tmp / "metrics.json").write_text(dumps(metrics))
         if "calibration_curve" in metrics:
             plot_coverage_calibration(metrics["calibration_curve"], tmp / "calibration.png")
         if "_pairs" in result:
