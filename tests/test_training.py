@@ -158,6 +158,24 @@ def test_auto_log10_picks_parameters_spanning_decades():
         resolve_targets(cfg(log10=["rate"], params=["mass"]), coll)
 
 
+def test_label_model_calibration_is_the_shared_platt_fit():
+    from twinsight.models.calibration import fit_platt
+    from twinsight.training.calibration import random_pairs, score_calibration
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 4
+    centers = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=1)
+    emb = torch.nn.functional.normalize(centers[y] + 0.6 * torch.randn(40, 8, generator=gen), dim=1)
+    spec = TargetSpec("labels")
+    cal = score_calibration(torch.nn.MSELoss(), emb, y, spec)
+    scores, same = random_pairs(emb, y)
+    assert cal == fit_platt(scores, same)
+    assert score_calibration(torch.nn.MSELoss(), emb, torch.zeros(40), spec) == {
+        "scale": 10.0, "bias": -5.0, "threshold": 0.5
+    }  # fmt: skip
+    assert score_calibration(torch.nn.MSELoss(), emb, y, TargetSpec("params")) is None
+
+
 def test_parameter_targets_store_normalizer_and_spearman():
     # in_memory_gb=0: the streamed (on-disk) data path
     config = cfg(epochs=2, log10=["mass"], params=["mass", "radius"], **{"runtime.in_memory_gb": 0})
@@ -230,13 +248,13 @@ def test_interrupt_then_resume_continues_from_last_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_with_cause_and_leaves_nothing(tmp_path, monkeypatch):
-    import twinsight.training as training
+    import twinsight.training.module as training_module
 
     class NanLoss(torch.nn.Module):
         def forward(self, S, T, mask):
             return S.sum() * float("nan")
 
-    monkeypatch.setattr(training, "create_loss", lambda name, **kw: NanLoss())
+    monkeypatch.setattr(training_module, "create_loss", lambda name, **kw: NanLoss())
     out = tmp_path / "run"
     with pytest.raises(TwinsightError, match="learning rate too high"):
         train(labelled(8), out, cfg())
