@@ -44,6 +44,21 @@ def test_retrieval_perfect_and_random():
         retrieval_metrics(emb[:5], np.arange(5))
 
 
+def test_evaluation_and_training_validation_share_the_retrieval_metrics():
+    import torch
+
+    from twinsight.data.targets import TargetSpec
+    from twinsight.training import validation_metrics
+
+    emb, labels = _clusters(noise=1.0, seed=2)  # overlapping classes: metrics below 1
+    m = retrieval_metrics(emb, labels)
+    val = validation_metrics(
+        torch.from_numpy(emb), torch.from_numpy(labels), TargetSpec("labels"), max_pairs=100
+    )
+    assert val["val_p_at_1"] == m["precision_at_1"] < 1
+    assert val["val_map_at_r"] == val["val_score"] == m["mean_average_precision_at_r"]
+
+
 def test_verification_on_separable_pairs():
     emb, labels = _clusters(n_classes=6, per=12)
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
