@@ -174,7 +174,8 @@ def test_quick_demo_writes_a_complete_report(quick_demo):
 
     from PIL import Image
 
-    from twinsight.report import FIGURES, report_images
+    from helpers import report_images
+    from twinsight.report import FIGURES
 
     out, seconds, printed = quick_demo
     assert {s["status"] for s in printed["stages"].values()} == {"ran"}
@@ -200,7 +201,8 @@ def test_quick_demo_writes_a_complete_report(quick_demo):
 
 
 def test_quick_demo_report_numbers_equal_the_json(quick_demo):
-    from twinsight.report import fmt, fmt_percent, report_values
+    from helpers import report_values
+    from twinsight.report import fmt, fmt_percent
 
     out, _, _ = quick_demo
     estimate, evaluation = _numbers(out)
@@ -236,7 +238,7 @@ def test_quick_demo_rerun_skips_every_stage(quick_demo, run_cli):
 
 
 def test_report_command_rebuilds_the_report_from_saved_outputs(quick_demo, run_cli):
-    from twinsight.report import report_images, report_values
+    from helpers import report_images, report_values
 
     out, _, _ = quick_demo
     original = (out / "report.html").read_text()

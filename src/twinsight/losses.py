@@ -376,9 +376,6 @@ _LOSSES: dict[str, Callable[..., nn.Module]] = {
     "ntxent": NTXentLoss,
 }
 
-#: Losses that need class targets (binary T).
-CLASS_ONLY_LOSSES = ("multi-similarity", "ntxent")
-
 
 def list_losses() -> list[str]:
     """The registered loss names."""

@@ -17,7 +17,6 @@ import datetime as _dt
 import html
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -397,22 +396,3 @@ def build_report(
     out = run_dir / LAYOUT["report"] if default else Path(out)
     text = render_report(run_dir)
     return write_text_atomic(out, text, overwrite=overwrite or default)
-
-
-_VALUE_CELL = re.compile(
-    r"<(?:td|b)[^>]*?data-field=\"([^\"]+)\" data-value=\"([^\"]*)\"[^>]*>([^<]*)</(?:td|b)>"
-)
-_IMG = re.compile(r"<img src=\"data:image/png;base64,([A-Za-z0-9+/=]+)\"")
-
-
-def report_values(text: str) -> dict[str, tuple[Any, str]]:
-    """Every number a report shows: ``{field: (JSON value, text shown)}`` (for checks)."""
-    return {
-        field: (json.loads(html.unescape(value)), html.unescape(shown))
-        for field, value, shown in _VALUE_CELL.findall(text)
-    }
-
-
-def report_images(text: str) -> list[bytes]:
-    """The decoded bytes of every embedded ``data:image/png`` figure of a report."""
-    return [base64.b64decode(data) for data in _IMG.findall(text)]

@@ -557,8 +557,3 @@ def create_encoder(
         **encoder.config,
     }
     return encoder
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters (for logs and reports)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
