@@ -219,3 +219,31 @@ def test_balanced_pairs():
     assert (groups[i][~same] != groups[j][~same]).all()
     with pytest.raises(TwinsightError, match="two groups"):
         balanced_pairs(np.arange(10), 5)
+
+
+def test_calibration_without_the_68_level_still_calibrates_the_reported_levels():
+    rng = np.random.default_rng(6)
+    e_tr, i_tr = _library(120, 0, rng)
+    e_va, i_va = _library(20, 1000, rng)
+    library = _index([e_tr, e_va], [i_tr, i_va])
+    matching = calibrate_from_embeddings(library, e_va, i_va, levels=(0.5, 0.9))
+    assert matching["levels"] == [0.5, 0.68, 0.9, 0.95]
+    assert all(len(v) == 4 for v in matching["inflation"].values())
+    est = estimate_parameters(library, e_va[0], matching=matching, exclude_systems="1000")[0]
+    assert est.calibrated and est.n_matches == matching["top"]
+
+
+def test_numpy_integer_system_ids_are_accepted():
+    rng = np.random.default_rng(7)
+    e, items = _library(20, 0, rng, noise=0.05)
+    idx = _index([e], [items])
+    by_str = estimate_parameters(idx, e[0], top=8, exclude_systems="0")[0]
+    for system in (np.int64(0), np.int32(0), 0):
+        est = estimate_parameters(idx, e[0], top=8, exclude_systems=system)[0]
+        assert "0" not in est.systems and est.keys == by_str.keys
+    both = estimate_parameters(idx, e[:2], top=8, exclude_systems=[np.int64(0), None])
+    assert "0" not in both[0].systems and "0" in both[1].systems
+    with pytest.raises(TwinsightError, match="one per query"):
+        estimate_parameters(idx, e[:2], top=8, exclude_systems=["0", "1", "2"])
+    with pytest.raises(TwinsightError, match="--top must be an integer >= 1, got 0"):
+        estimate_parameters(idx, e[0], top=0)

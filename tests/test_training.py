@@ -158,6 +158,43 @@ def test_auto_log10_picks_parameters_spanning_decades():
         resolve_targets(cfg(log10=["rate"], params=["mass"]), coll)
 
 
+class _Failing(torch.nn.Module):
+    """An encoder whose forward pass raises ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def forward(self, x):
+        raise RuntimeError(self.message)
+
+
+def test_input_probe_calls_images_too_small_only_for_size_errors():
+    from twinsight.training import check_input_size
+
+    size_error = (
+        "Calculated padded input size per channel: (2 x 2). Kernel size: (3 x 3). "
+        "Kernel size can't be greater than actual input size"
+    )
+    with pytest.raises(TwinsightError, match="3x3 pixels are too small for encoder 'tiny'"):
+        check_input_size(_Failing(size_error), "tiny", 1, (3, 3))
+    pool_error = (
+        "Given input size: (16x1x1). Calculated output size: (16x0x0). Output size is too small"
+    )
+    with pytest.raises(TwinsightError, match="too small for encoder 'tiny'"):
+        check_input_size(_Failing(pool_error), "tiny", 1, (3, 3))
+    other = "mat1 and mat2 shapes cannot be multiplied (2x5 and 3x4)"
+    with pytest.raises(TwinsightError) as info:
+        check_input_size(_Failing(other), "odd-net", 3, (64, 64))
+    message = str(info.value)
+    assert "too small" not in message and "encoder 'odd-net'" in message
+    assert other in message and "3-channel 64x64" in message
+    encoder = _Failing(other).train()
+    with pytest.raises(TwinsightError):
+        check_input_size(encoder, "odd-net", 3, (64, 64))
+    assert encoder.training  # the probe leaves the mode as it found it
+
+
 def test_label_model_calibration_is_the_shared_platt_fit():
     from twinsight.models.calibration import fit_platt
     from twinsight.training.calibration import random_pairs, score_calibration

@@ -41,6 +41,7 @@ from twinsight.inference import (
     pair_groups,
     recovery_arrays,
     to_scale,
+    with_reported_levels,
 )
 from twinsight.training.metrics import retrieval_metrics as _retrieval_scores
 
@@ -205,7 +206,7 @@ def parameter_recovery(
         )
     m = matching or {}
     top = int(m.get("top") or DEFAULT_TOP)
-    levels = [float(x) for x in m.get("levels", LEVELS)]
+    levels = with_reported_levels(m.get("levels", LEVELS))
     prior = pool.params(columns)
     stored = m.get("scales") or {}
     scales = [stored.get(c) or choose_scale(prior[:, j]) for j, c in enumerate(columns)]

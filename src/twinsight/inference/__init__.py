@@ -39,6 +39,7 @@ from twinsight.inference.intervals import (
     neighbour_intervals,
     to_scale,
     weighted_quantile,
+    with_reported_levels,
 )
 from twinsight.inference.queries import Queries, embed_queries, load_queries, query_truths
 from twinsight.inference.verification import (
@@ -83,4 +84,5 @@ __all__ = [
     "recovery_arrays",
     "to_scale",
     "weighted_quantile",
+    "with_reported_levels",
 ]

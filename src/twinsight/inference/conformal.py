@@ -21,7 +21,13 @@ import pandas as pd
 from twinsight.errors import TwinsightError
 from twinsight.index import SimilarityIndex
 from twinsight.inference.estimate import recovery_arrays
-from twinsight.inference.intervals import LEVELS, choose_scale, to_scale
+from twinsight.inference.intervals import (
+    LEVELS,
+    choose_scale,
+    level_index,
+    to_scale,
+    with_reported_levels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,9 @@ def calibrate_from_embeddings(
 
     Each validation item is matched against the index without its own system.
     For each candidate N the per-parameter inflation factors are fitted; the N
-    whose calibrated 68 % intervals are narrowest (mean narrowing) is kept.
+    whose calibrated 68 % intervals are narrowest (mean narrowing) is kept. The
+    68 % and 95 % levels, which every estimate reports, are calibrated even when
+    ``levels`` omits them.
     """
     columns = index.param_columns if columns is None else list(columns)
     index.check_params(columns)
@@ -72,6 +80,7 @@ def calibrate_from_embeddings(
         raise TwinsightError(
             f"matching calibration needs at least 10 validation items, got {len(val_items)}"
         )
+    levels = with_reported_levels(levels)
     prior = index.params(columns)
     if log10 is None:
         scales = [choose_scale(prior[:, j]) for j in range(len(columns))]
@@ -90,7 +99,7 @@ def calibrate_from_embeddings(
         else [None] * len(val_items)
     )
     best: dict[str, Any] | None = None
-    i68 = list(levels).index(0.68)
+    i68 = level_index(levels, 0.68)
     tried = {}
     for n in sorted({min(int(c), len(index)) for c in candidates}):
         arr = recovery_arrays(

@@ -13,6 +13,7 @@ inflation are the calibrated ones.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,10 +201,7 @@ def estimate_parameters(
         )
     index.check_params(columns)
     n_q = len(queries)
-    if exclude_systems is None or isinstance(exclude_systems, (str, int)):
-        exclude = [exclude_systems] * n_q
-    else:
-        exclude = list(exclude_systems)
+    exclude = _per_query(exclude_systems, n_q)
     top, threshold, weighting, temperature, calibrated = _settings(
         matching, top, threshold, weighting, temperature
     )
@@ -253,6 +251,20 @@ def estimate_parameters(
             )
         )
     return out
+
+
+def _per_query(exclude_systems: Sequence[Any] | Any | None, n_queries: int) -> list[Any]:
+    """One system id (or None) per query: a single id (str or integer, numpy too) repeats."""
+    single = exclude_systems is None or isinstance(exclude_systems, str | bytes | numbers.Integral)
+    if single:
+        return [exclude_systems] * n_queries
+    exclude = list(exclude_systems)
+    if len(exclude) != n_queries:
+        raise TwinsightError(
+            f"exclude_systems: give one system id for all queries or one per query "
+            f"({n_queries}), got {len(exclude)}"
+        )
+    return exclude
 
 
 def _finite(x: Any) -> float | None:

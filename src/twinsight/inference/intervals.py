@@ -128,6 +128,12 @@ def inflation_factors(
     return out
 
 
+def with_reported_levels(levels: Sequence[float]) -> list[float]:
+    """``levels`` plus the reported 68 % and 95 % levels, sorted, without repeats."""
+    out = sorted({float(x) for x in levels} | set(REPORTED_LEVELS))
+    return [lev for i, lev in enumerate(out) if i == 0 or lev - out[i - 1] > 1e-9]
+
+
 def level_index(levels: Sequence[float], level: float) -> int:
     """The position of ``level`` in ``levels`` (to 1e-9); a TwinsightError naming both if absent."""
     for i, lev in enumerate(levels):

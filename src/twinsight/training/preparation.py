@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,13 @@ from twinsight.models.encoders import create_encoder
 from twinsight.training.data import build_sampler
 from twinsight.training.splits import split_train_val
 from twinsight.training.targets import resolve_targets, target_arrays
+
+#: What torch says when an input is smaller than a kernel, a pooling window or a padding.
+_TOO_SMALL = re.compile(
+    r"kernel size can't be greater|output size is too small|smaller than kernel size"
+    r"|padding size should be less than",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -131,17 +139,28 @@ def build_encoder(config: TrainConfig, train: Collection) -> tuple[nn.Module, Pr
 
 
 def check_input_size(encoder: nn.Module, name: str, channels: int, size: Sequence[int]) -> None:
-    """Run the encoder on two blank images; refuse what it cannot take."""
+    """Run the encoder on two blank images; refuse, with the reason, what it cannot take.
+
+    Only torch's size complaints (a kernel, pooling window or padding larger than
+    what is left of the image) are reported as images too small; any other
+    failure keeps its own message and names the encoder.
+    """
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.no_grad():
             out = encoder(torch.zeros(2, channels, *size))
     except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _TOO_SMALL.search(str(exc)):
+            raise TwinsightError(
+                f"images of {size[0]}x{size[1]} pixels are too small for encoder '{name}' "
+                f"({first}); resize them with --image-size (e.g. 64) or choose "
+                "an encoder with less pooling (small-cnn)"
+            ) from None
         raise TwinsightError(
-            f"images of {size[0]}x{size[1]} pixels are too small for encoder '{name}' "
-            f"({str(exc).splitlines()[0]}); resize them with --image-size (e.g. 64) or choose "
-            "an encoder with less pooling (small-cnn)"
+            f"encoder '{name}' fails on a test batch of {channels}-channel {size[0]}x{size[1]} "
+            f"images: {first}"
         ) from None
     finally:
         encoder.train(was_training)
