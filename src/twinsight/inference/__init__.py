@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from twinsight.inference.calibration import calibrate_for_inference
 from twinsight.inference.conformal import (
+    MIN_SYSTEMS,
     TOP_CANDIDATES,
     calibrate_from_embeddings,
     calibrate_matching,
     conformal_inflation,
     coverage,
+    split_systems,
+    system_weights,
 )
 from twinsight.inference.estimate import (
     DEFAULT_TOP,
@@ -55,6 +58,7 @@ __all__ = [
     "DEFAULT_TOP",
     "HIST_BINS",
     "LEVELS",
+    "MIN_SYSTEMS",
     "REPORTED_LEVELS",
     "TOP_CANDIDATES",
     "ParameterEstimate",
@@ -82,6 +86,8 @@ __all__ = [
     "probability",
     "query_truths",
     "recovery_arrays",
+    "split_systems",
+    "system_weights",
     "to_scale",
     "weighted_quantile",
     "with_reported_levels",
