@@ -40,7 +40,7 @@ class DataConfig(_Section):
     )
     log10: list[str] | Literal["auto"] = Field(
         "auto",
-        description="parameters normalized in log10; auto: the positive ones with max/min >= 20",
+        description="parameters normalized in log10; auto: the log-distributed positive ones",
     )
     param_norm: Literal["zscore", "minmax"] = "zscore"
     kernel: Literal["cosine", "rbf"] = Field(
