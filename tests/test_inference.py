@@ -305,6 +305,8 @@ def test_calibration_without_the_68_level_still_calibrates_the_reported_levels()
     assert all(len(v) == 4 for v in matching["inflation"].values())
     est = estimate_parameters(library, e_va[0], matching=matching, exclude_systems="1000")[0]
     assert est.calibrated and est.n_matches == matching["top"]
+    with pytest.raises(TwinsightError, match=r"interval level must be a number in \(0, 1\), got 1"):
+        calibrate_from_embeddings(library, e_va, i_va, levels=(0.5, 1.0))
 
 
 def test_numpy_integer_system_ids_are_accepted():

@@ -139,11 +139,11 @@ def calibrate_from_embeddings(
 
     Each validation item is matched against the index without its own system.
     The validation systems are split in two halves by system (``seed``): on the
-    selection half, for each candidate N, the inflation is fitted and the N whose
-    calibrated 68 % intervals are narrowest (mean narrowing) is kept; the stored
-    inflation of that N is fitted on the other half. Quantiles count systems (see
-    the module docstring). The 68 % and 95 % levels, which every estimate reports,
-    are calibrated even when ``levels`` omits them.
+    selection half, the N (among ``candidates``) whose calibrated 68 % intervals
+    would be narrowest (mean narrowing) is kept; the stored inflation of that N is
+    fitted on the other half. Quantiles count systems (see the module docstring).
+    The 68 % and 95 % levels, which every estimate reports, are calibrated even
+    when ``levels`` omits them.
     """
     columns = index.param_columns if columns is None else list(columns)
     index.check_params(columns)
@@ -172,9 +172,10 @@ def calibrate_from_embeddings(
         )
 
     i68 = level_index(levels, 0.68)
-    tried: dict[int, dict[str, float]] = {}
-    for n in sorted({min(int(c), len(index)) for c in candidates}):
-        tried[n] = _try_candidate(arrays(select, n), truth[select], groups[select], levels, i68)
+    tried = {
+        n: _try_candidate(arrays(select, n), truth[select], groups[select], levels, i68)
+        for n in sorted({min(int(c), len(index)) for c in candidates})
+    }
     top = min(tried, key=lambda n: tried[n]["narrowing"])
     arr = arrays(fit, top)
     infl = _inflation_table(arr, truth[fit], groups[fit], levels)
@@ -183,22 +184,13 @@ def calibrate_from_embeddings(
     raw68 = coverage(truth[fit], arr["lo"][i68], arr["hi"][i68], groups[fit])
     n_fit = len(np.unique(groups[fit]))
     guaranteed = n_fit / (n_fit + 1)
-    if max(levels) > guaranteed:
-        log.warning(
-            "matching calibration: %d systems fit the inflation, so levels above %.3f (here up "
-            "to %g) cannot be guaranteed; validate on more systems (%d for %g)",
-            n_fit,
-            guaranteed,
-            max(levels),
-            _systems_for(max(levels)),
-            max(levels),
-        )
+    _warn_if_not_guaranteed(n_fit, max(levels))
     log.info(
         "matching calibration: %d matches (chosen on %d systems), inflation fitted on %d systems "
         "(calibrated narrowing %.3f)",
         top,
         len(np.unique(groups[select])),
-        len(np.unique(groups[fit])),
+        n_fit,
         narrowing,
     )
     return {
@@ -224,9 +216,20 @@ def calibrate_from_embeddings(
     }
 
 
-def _systems_for(level: float) -> int:
-    """The fewest calibration systems n with n / (n + 1) >= ``level``."""
-    return int(np.ceil(level / (1 - level) - 1e-9)) if level < 1 else 10**9
+def _warn_if_not_guaranteed(n_fit: int, level: float) -> None:
+    """Split conformal with n systems cannot guarantee a level above n / (n + 1): say so."""
+    guaranteed = n_fit / (n_fit + 1)
+    if level > guaranteed:
+        needed = int(np.ceil(level / (1 - level) - 1e-9))
+        log.warning(
+            "matching calibration: %d systems fit the inflation, so levels above %.3f (here up "
+            "to %g) cannot be guaranteed; validate on more systems (%d for %g)",
+            n_fit,
+            guaranteed,
+            level,
+            needed,
+            level,
+        )
 
 
 def _groups(items: pd.DataFrame) -> np.ndarray:

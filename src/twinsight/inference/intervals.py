@@ -15,6 +15,7 @@ import numpy as np
 
 from twinsight.data.targets import is_log_scaled
 from twinsight.errors import TwinsightError
+from twinsight.validation import check_scalar
 
 #: Interval levels calibrated and reported in the calibration figure.
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)
@@ -129,8 +130,10 @@ def inflation_factors(
 
 
 def with_reported_levels(levels: Sequence[float]) -> list[float]:
-    """``levels`` plus the reported 68 % and 95 % levels, sorted, without repeats."""
-    out = sorted({float(x) for x in levels} | set(REPORTED_LEVELS))
+    """``levels`` (each in (0, 1)) plus the reported 68 % and 95 % levels, sorted, once each."""
+    given = {check_scalar(x, "interval level", float, min_val=0, max_val=1,
+                          include_boundaries="neither") for x in levels}  # fmt: skip
+    out = sorted(given | set(REPORTED_LEVELS))
     return [lev for i, lev in enumerate(out) if i == 0 or lev - out[i - 1] > 1e-9]
 
 
