@@ -205,7 +205,7 @@ def test_embed_collection_streams_in_order():
 
 def test_embedding_bad_inputs():
     bundle = _bundle()
-    with pytest.raises(TwinsightError, match="batch_size must be a positive integer"):
+    with pytest.raises(TwinsightError, match="batch_size must be an integer >= 1, got 0"):
         bundle.embed(_images(2), batch_size=0)
     with pytest.raises(TwinsightError, match=r"expected images \[N, C, H, W\]"):
         bundle.embed(np.zeros((1, 1, 1, 28, 28)))

@@ -321,7 +321,9 @@ def test_facade_results_are_what_the_cli_prints(run_cli, world, built):
 
     index = twinsight.load_index(built)
     hits = twinsight.search(index, [world["png"], world["fits"]], k=5)
-    cli = json.loads(run_cli("search", built, world["png"], world["fits"], "-k", "5", "--json").stdout)
+    cli = json.loads(
+        run_cli("search", built, world["png"], world["fits"], "-k", "5", "--json").stdout
+    )
     assert hits.to_dict() == cli
     estimate = twinsight.match(index, world["fits"], top=8)
     cli = json.loads(run_cli("match", built, world["fits"], "--top", "8", "--json").stdout)

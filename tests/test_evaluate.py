@@ -44,6 +44,21 @@ def test_retrieval_perfect_and_random():
         retrieval_metrics(emb[:5], np.arange(5))
 
 
+def test_evaluation_and_training_validation_share_the_retrieval_metrics():
+    import torch
+
+    from twinsight.data.targets import TargetSpec
+    from twinsight.training import validation_metrics
+
+    emb, labels = _clusters(noise=1.0, seed=2)  # overlapping classes: metrics below 1
+    m = retrieval_metrics(emb, labels)
+    val = validation_metrics(
+        torch.from_numpy(emb), torch.from_numpy(labels), TargetSpec("labels"), max_pairs=100
+    )
+    assert val["val_p_at_1"] == m["precision_at_1"] < 1
+    assert val["val_map_at_r"] == val["val_score"] == m["mean_average_precision_at_r"]
+
+
 def test_verification_on_separable_pairs():
     emb, labels = _clusters(n_classes=6, per=12)
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -91,6 +106,30 @@ def test_parameter_recovery_metrics():
         parameter_recovery(pool, emb[q], items.iloc[q].drop(columns="system"), matching=None)
     with pytest.raises(TwinsightError, match="does not hold"):
         parameter_recovery(pool, emb[q], items.iloc[q], matching=None, columns=["age"])
+
+
+def test_parameter_recovery_with_levels_that_omit_68_and_95():
+    rng = np.random.default_rng(3)
+    n_sys, proj = 60, 4
+    z = rng.random(n_sys)
+    mass = np.repeat(z, proj)
+    emb = np.stack([3 * mass, rng.normal(scale=0.05, size=len(mass)), np.ones(len(mass))], 1)
+    systems = np.repeat(np.arange(n_sys), proj).astype(str)
+    items = pd.DataFrame({"key": np.arange(len(mass)).astype(str), "system": systems, "mass": mass})
+    pool = SimilarityIndex.build(emb, items, model_fingerprint="m", param_columns=["mass"])
+    matching = {"top": 8, "levels": [0.5, 0.9], "inflation": {"mass": [1.5, 1.2]}}
+    res = parameter_recovery(pool, emb, items, matching=matching)
+    assert res["calibration_curve"]["levels"] == [0.5, 0.68, 0.9, 0.95]
+    p = res["parameters"]["mass"]
+    assert 0 <= p["coverage_68"] <= p["coverage_95"] <= 1
+
+
+def test_level_lookup_names_the_levels():
+    from twinsight.inference import level_index
+
+    assert level_index([0.5, 0.68], 0.68) == 1
+    with pytest.raises(TwinsightError, match=r"0.68 is not among the levels \[0.5, 0.9\]"):
+        level_index([0.5, 0.9], 0.68)
 
 
 def test_own_system_is_never_a_match():

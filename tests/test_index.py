@@ -81,7 +81,7 @@ def test_k_is_clamped_and_logged(caplog):
     assert pos.shape == (2, 12)
     assert sorted(pos[0]) == list(range(12))
     assert "larger than the index" in caplog.text
-    with pytest.raises(TwinsightError, match="at least 1"):
+    with pytest.raises(TwinsightError, match="k must be an integer >= 1, got 0"):
         idx.search(x[:1], 0)
 
 
@@ -381,3 +381,17 @@ def test_old_index_json_model_paths_keep_working(tmp_path, monkeypatch):
         meta_file.write_text(json.dumps(meta | {"model_path": old}))
         assert SimilarityIndex.load("idx").model_path == model
     assert SimilarityIndex.build(x, items, model_fingerprint="m").model_path is None
+
+
+def test_search_parameters_survive_faiss_torch_utils():
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which wraps Index.search."""
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(600, 8)).astype(np.float32)
+    items = pd.DataFrame({"key": [f"k{i}" for i in range(600)]})
+    idx = SimilarityIndex.build(vectors, items, model_fingerprint="m", index_type="IVF8,Flat")
+    one = idx.search(vectors[:3], 5, nprobe=1)
+    every = idx.search(vectors[:3], 5, nprobe=8)
+    assert one[1].shape == every[1].shape == (3, 5)
+    np.testing.assert_array_equal(every[1][:, 0], [0, 1, 2])

@@ -107,15 +107,18 @@ def _index(embs, tables):
 
 
 def test_calibrated_matching_gives_honest_coverage_on_held_out_systems():
+    # 200 validation systems: 100 choose the number of matches, 100 fit the inflation (a
+    # conformal quantile over systems, so its spread is that of 100 draws, not 800)
     rng = np.random.default_rng(0)
     e_tr, i_tr = _library(400, 0, rng)
-    e_va, i_va = _library(100, 1000, rng)
-    e_te, i_te = _library(100, 2000, rng)
-    matching = calibrate_from_embeddings(_index([e_tr, e_va], [i_tr, i_va]), e_va, i_va)
+    e_va, i_va = _library(200, 1000, rng)
+    e_te, i_te = _library(200, 2000, rng)
+    library = _index([e_tr, e_va], [i_tr, i_va])
+    matching = calibrate_from_embeddings(library, e_va, i_va)
     assert matching["top"] in (10, 20, 30, 50, 75, 100, 150, 200, 300)
     assert matching["scales"] == {"a": "linear", "b": "log", "c": "linear"}
     assert set(matching["inflation"]) == {"a", "b", "c"}
-    pool = _index([e_tr, e_va, e_te], [i_tr, i_va, i_te])
+    pool = library  # new systems are matched against the library, as an observation is
     cols = ["a", "b", "c"]
     infl = np.array([matching["inflation"][c] for c in cols]).T
     arr = recovery_arrays(
@@ -219,3 +222,104 @@ def test_balanced_pairs():
     assert (groups[i][~same] != groups[j][~same]).all()
     with pytest.raises(TwinsightError, match="two groups"):
         balanced_pairs(np.arange(10), 5)
+
+
+# -- the conformal calibration counts systems and never fits where it chooses ----------------------
+def test_conformal_inflation_is_the_split_conformal_rank():
+    # scores 1..10 (median 0, half-widths 1): the ceil(11 * 0.68) = 8th smallest
+    truth = np.arange(1.0, 11.0)[:, None]
+    zero, one = np.zeros_like(truth), np.ones_like(truth)
+    assert conformal_inflation(truth, zero, -one, one, 0.68) == pytest.approx([8.0])
+    assert conformal_inflation(truth, zero, -one, one, 0.95) == pytest.approx([10.0])
+
+
+def test_conformal_inflation_counts_systems_not_views():
+    # one system seen 91 times with score 0.1, nine systems seen once with scores 1..9
+    truth = np.concatenate([np.full(91, 0.1), np.arange(1.0, 10.0)])[:, None]
+    groups = np.array(["big"] * 91 + [f"s{k}" for k in range(1, 10)])
+    zero, one = np.zeros_like(truth), np.ones_like(truth)
+    # counted as 100 images, the big system decides alone
+    assert conformal_inflation(truth, zero, -one, one, 0.5) == pytest.approx([0.1])
+    # counted as 10 systems (each weighs 1): the ceil(11 * 0.5) = 6th smallest system score
+    assert conformal_inflation(truth, zero, -one, one, 0.5, groups) == pytest.approx([5.0])
+    inside = (np.abs(truth) <= 3.0).astype(float)
+    assert coverage(truth, -3 * one, 3 * one, groups) == pytest.approx([0.4])  # 4 of 10 systems
+    assert coverage(truth, -3 * one, 3 * one) == pytest.approx([inside.mean()])
+
+
+def test_matching_calibration_chooses_on_one_half_and_fits_on_the_other():
+    from twinsight.inference import split_systems
+
+    rng = np.random.default_rng(4)
+    e_tr, i_tr = _library(200, 0, rng)
+    e_va, i_va = _library(30, 1000, rng)
+    library = _index([e_tr, e_va], [i_tr, i_va])
+    matching = calibrate_from_embeddings(library, e_va, i_va, seed=3)
+    v = matching["validation"]
+    assert (v["systems"], v["selection_systems"], v["calibration_systems"]) == (30, 15, 15)
+    assert v["seed"] == 3 and v["max_guaranteed_level"] == pytest.approx(15 / 16)
+    # the stored inflation is the system-counted conformal fit on the other half only
+    select, fit = split_systems(i_va["system"].to_numpy(), seed=3)
+    assert not set(i_va["system"][select]) & set(i_va["system"][fit])
+    cols = ["a", "b", "c"]
+    scales = [matching["scales"][c] for c in cols]
+    arr = recovery_arrays(
+        library,
+        e_va[fit],
+        i_va["system"][fit].tolist(),
+        top=matching["top"],
+        columns=cols,
+        levels=matching["levels"],
+        scales=scales,
+    )
+    truth = np.stack(
+        [to_scale(i_va[c].to_numpy()[fit], s) for c, s in zip(cols, scales, strict=True)], -1
+    )
+    i68 = matching["levels"].index(0.68)
+    expected = conformal_inflation(
+        truth, arr["median"], arr["lo"][i68], arr["hi"][i68], 0.68, i_va["system"][fit].to_numpy()
+    )
+    stored = [matching["inflation"][c][i68] for c in cols]
+    np.testing.assert_allclose(stored, expected)
+    # another seed, another split (and the same seed, the same calibration)
+    assert calibrate_from_embeddings(library, e_va, i_va, seed=3) == matching
+    other = split_systems(i_va["system"].to_numpy(), seed=4)[0]
+    assert set(i_va["system"][other]) != set(i_va["system"][select])
+
+
+def test_matching_calibration_needs_four_systems():
+    rng = np.random.default_rng(5)
+    e_tr, i_tr = _library(50, 0, rng)
+    e_va, i_va = _library(3, 1000, rng)
+    with pytest.raises(TwinsightError, match="at least 4 validation systems .* got 3"):
+        calibrate_from_embeddings(_index([e_tr, e_va], [i_tr, i_va]), e_va, i_va)
+
+
+def test_calibration_without_the_68_level_still_calibrates_the_reported_levels():
+    rng = np.random.default_rng(6)
+    e_tr, i_tr = _library(120, 0, rng)
+    e_va, i_va = _library(20, 1000, rng)
+    library = _index([e_tr, e_va], [i_tr, i_va])
+    matching = calibrate_from_embeddings(library, e_va, i_va, levels=(0.5, 0.9))
+    assert matching["levels"] == [0.5, 0.68, 0.9, 0.95]
+    assert all(len(v) == 4 for v in matching["inflation"].values())
+    est = estimate_parameters(library, e_va[0], matching=matching, exclude_systems="1000")[0]
+    assert est.calibrated and est.n_matches == matching["top"]
+    with pytest.raises(TwinsightError, match=r"interval level must be a number in \(0, 1\), got 1"):
+        calibrate_from_embeddings(library, e_va, i_va, levels=(0.5, 1.0))
+
+
+def test_numpy_integer_system_ids_are_accepted():
+    rng = np.random.default_rng(7)
+    e, items = _library(20, 0, rng, noise=0.05)
+    idx = _index([e], [items])
+    by_str = estimate_parameters(idx, e[0], top=8, exclude_systems="0")[0]
+    for system in (np.int64(0), np.int32(0), 0):
+        est = estimate_parameters(idx, e[0], top=8, exclude_systems=system)[0]
+        assert "0" not in est.systems and est.keys == by_str.keys
+    both = estimate_parameters(idx, e[:2], top=8, exclude_systems=[np.int64(0), None])
+    assert "0" not in both[0].systems and "0" in both[1].systems
+    with pytest.raises(TwinsightError, match="one per query"):
+        estimate_parameters(idx, e[:2], top=8, exclude_systems=["0", "1", "2"])
+    with pytest.raises(TwinsightError, match="--top must be an integer >= 1, got 0"):
+        estimate_parameters(idx, e[0], top=0)

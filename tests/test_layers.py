@@ -13,9 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_import_contracts_are_kept():
     """`lint-imports` (import-linter) checks the layers and acyclic-siblings contracts."""
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
-    run = subprocess.run(
-        [exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    run = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "2 kept, 0 broken" in run.stdout
 

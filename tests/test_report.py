@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import report_images, report_values
 from twinsight.report import (
     FIGURES,
     LAYOUT,
@@ -17,8 +18,6 @@ from twinsight.report import (
     fmt,
     fmt_percent,
     render_report,
-    report_images,
-    report_values,
 )
 
 NAMES = ["mass", "age"]

@@ -76,7 +76,7 @@ def test_bad_sampler_settings():
         MPerClassSampler([0, 0, 0, 1, 1, 1], m=3, batch_size=4)
     with pytest.raises(TwinsightError, match="needs 4 different systems, but there are only 2"):
         MPerSystemSampler([0, 0, 1, 1], m=2, batch_size=8)
-    with pytest.raises(TwinsightError, match="batch_size must be a positive integer"):
+    with pytest.raises(TwinsightError, match="sampler: batch_size must be an integer >= 1, got 0"):
         RandomBatchSampler(10, 0)
     with pytest.raises(TwinsightError, match="larger than the 3 items"):
         RandomBatchSampler(3, 4)

@@ -133,7 +133,7 @@ def test_render_rejects_bad_input():
         render_system({"mass": 1.0}, [0], [0])
     with pytest.raises(TwinsightError, match="'age' must be a positive finite"):
         render_system(dict(BASE, age=float("nan")), [0], [0])
-    with pytest.raises(TwinsightError, match="at least 16"):
+    with pytest.raises(TwinsightError, match="image size must be an integer >= 16, got 8"):
         render_system(BASE, [0], [0], size=8)
     with pytest.raises(TwinsightError, match="same length"):
         render_system(BASE, [0, 1], [0])
@@ -265,7 +265,7 @@ def test_simulate_observe_flag(tmp_path, run_cli):
     [
         (["--snr", "0"], "SNR"),
         (["--beam", "-1"], "beam"),
-        (["--size", "8"], "at least 16"),
+        (["--size", "8"], "image size (--size) must be an integer >= 16, got 8"),
         (["--inclination", "200"], "inclination"),
         (["--param", "colour=3"], "unknown parameter 'colour'"),
         (["--param", "disk_size"], "NAME=VALUE"),
@@ -302,11 +302,11 @@ def test_observe_refuses_non_fits_and_existing(tmp_path, run_cli):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--systems", "0"], "number of systems (--systems) must be at least 1"),
+        (["--systems", "0"], "number of systems (--systems) must be an integer >= 1, got 0"),
         (["--systems", "-3"], "number of systems"),
-        (["--projections", "0"], "number of projections (--projections) must be at least 1"),
-        (["--size", "0"], "image size (--size) must be at least 16"),
-        (["--size", "15"], "image size (--size) must be at least 16, got 15"),
+        (["--projections", "0"], "number of projections (--projections) must be an integer >= 1"),
+        (["--size", "0"], "image size (--size) must be an integer >= 16"),
+        (["--size", "15"], "image size (--size) must be an integer >= 16, got 15"),
     ],
 )
 @pytest.mark.parametrize("target", ["sims", "sims.h5"])

@@ -158,6 +158,61 @@ def test_auto_log10_picks_parameters_spanning_decades():
         resolve_targets(cfg(log10=["rate"], params=["mass"]), coll)
 
 
+class _Failing(torch.nn.Module):
+    """An encoder whose forward pass raises ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def forward(self, x):
+        raise RuntimeError(self.message)
+
+
+def test_input_probe_calls_images_too_small_only_for_size_errors():
+    from twinsight.training import check_input_size
+
+    size_error = (
+        "Calculated padded input size per channel: (2 x 2). Kernel size: (3 x 3). "
+        "Kernel size can't be greater than actual input size"
+    )
+    with pytest.raises(TwinsightError, match="3x3 pixels are too small for encoder 'tiny'"):
+        check_input_size(_Failing(size_error), "tiny", 1, (3, 3))
+    pool_error = (
+        "Given input size: (16x1x1). Calculated output size: (16x0x0). Output size is too small"
+    )
+    with pytest.raises(TwinsightError, match="too small for encoder 'tiny'"):
+        check_input_size(_Failing(pool_error), "tiny", 1, (3, 3))
+    other = "mat1 and mat2 shapes cannot be multiplied (2x5 and 3x4)"
+    with pytest.raises(TwinsightError) as info:
+        check_input_size(_Failing(other), "odd-net", 3, (64, 64))
+    message = str(info.value)
+    assert "too small" not in message and "encoder 'odd-net'" in message
+    assert other in message and "3-channel 64x64" in message
+    encoder = _Failing(other).train()
+    with pytest.raises(TwinsightError):
+        check_input_size(encoder, "odd-net", 3, (64, 64))
+    assert encoder.training  # the probe leaves the mode as it found it
+
+
+def test_label_model_calibration_is_the_shared_platt_fit():
+    from twinsight.models.calibration import fit_platt
+    from twinsight.training.calibration import random_pairs, score_calibration
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 4
+    centers = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=1)
+    emb = torch.nn.functional.normalize(centers[y] + 0.6 * torch.randn(40, 8, generator=gen), dim=1)
+    spec = TargetSpec("labels")
+    cal = score_calibration(torch.nn.MSELoss(), emb, y, spec)
+    scores, same = random_pairs(emb, y)
+    assert cal == fit_platt(scores, same)
+    assert score_calibration(torch.nn.MSELoss(), emb, torch.zeros(40), spec) == {
+        "scale": 10.0, "bias": -5.0, "threshold": 0.5
+    }  # fmt: skip
+    assert score_calibration(torch.nn.MSELoss(), emb, y, TargetSpec("params")) is None
+
+
 def test_parameter_targets_store_normalizer_and_spearman():
     # in_memory_gb=0: the streamed (on-disk) data path
     config = cfg(epochs=2, log10=["mass"], params=["mass", "radius"], **{"runtime.in_memory_gb": 0})
@@ -205,7 +260,7 @@ def test_interrupt_then_resume_continues_from_last_checkpoint(tmp_path):
     assert "another configuration" in str(err.value) and "optim.lr: 0.003 -> 0.05" in str(err.value)
 
     rec = Recorder()
-    bundle = train(data, out, cfg(epochs=3), resume=True, callbacks=[rec])
+    bundle = train(data, out, cfg(epochs=3), resume=True, callbacks=[rec]).bundle
     assert rec.start_epoch == 1  # not from scratch
     for key, value in saved.items():
         torch.testing.assert_close(rec.weights[key], value)
@@ -230,13 +285,13 @@ def test_interrupt_then_resume_continues_from_last_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_with_cause_and_leaves_nothing(tmp_path, monkeypatch):
-    import twinsight.training as training
+    import twinsight.training.module as training_module
 
     class NanLoss(torch.nn.Module):
         def forward(self, S, T, mask):
             return S.sum() * float("nan")
 
-    monkeypatch.setattr(training, "create_loss", lambda name, **kw: NanLoss())
+    monkeypatch.setattr(training_module, "create_loss", lambda name, **kw: NanLoss())
     out = tmp_path / "run"
     with pytest.raises(TwinsightError, match="learning rate too high"):
         train(labelled(8), out, cfg())

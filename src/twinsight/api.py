@@ -23,7 +23,6 @@ So RUN is either absent, or a complete run; never half-written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -44,7 +43,9 @@ from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
 from twinsight.index import SimilarityIndex
 from twinsight.inference import ParameterEstimate, Queries
+from twinsight.io import write_json
 from twinsight.models.bundle import ModelBundle
+from twinsight.plots import plot_ranked_pairs, plot_training_curves, select_ranked_pairs
 from twinsight.results import (
     CollectionInfo,
     Comparison,
@@ -53,7 +54,6 @@ from twinsight.results import (
     SearchResult,
     TrainResult,
 )
-from twinsight.plots import plot_ranked_pairs, plot_training_curves, select_ranked_pairs
 from twinsight.training import Prepared, fit, pair_targets, prepare, split_train_val
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _write_outputs(
     bundle.save(work / "model", overwrite=True)
     history = metrics["history"]
     write_text_atomic(work / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
-    write_text_atomic(work / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    write_json(work / "metrics.json", metrics)
     if history:
         plot_training_curves(history, work / "training_curves.png")
     pairs = ranked_validation_pairs(bundle, val, prep)
@@ -355,9 +355,7 @@ def load_index(path: str | os.PathLike) -> SimilarityIndex:
     return SimilarityIndex.load(path)
 
 
-def merge_indexes(
-    shards: Sequence[IndexLike], *, index_type: str | None = None
-) -> SimilarityIndex:
+def merge_indexes(shards: Sequence[IndexLike], *, index_type: str | None = None) -> SimilarityIndex:
     """One index from shards built with the same model (``index --shard i/n``)."""
     from twinsight.index import merge
 
@@ -393,6 +391,11 @@ def _queries(images: ImagesLike, bundle: ModelBundle) -> Queries:
         return load_queries([str(images)], bundle.preprocessing)
     if isinstance(images, np.ndarray):
         return queries_from_arrays(images, bundle.preprocessing)
+    if not isinstance(images, Sequence):
+        raise TwinsightError(
+            "images must be a path, a list of paths, or an array [H, W], [C, H, W] or "
+            f"[N, C, H, W]; got {type(images).__name__}"
+        )
     images = list(images)
     if images and all(isinstance(i, (str, os.PathLike)) for i in images):
         return load_queries([str(i) for i in images], bundle.preprocessing)
@@ -484,7 +487,9 @@ def match(
     index.check_params(columns)
     queries = _queries(images, bundle)
     if top is not None and top > len(index):
-        log.info("top %d is larger than the index (%d items); using %d", top, len(index), len(index))
+        log.info(
+            "top %d is larger than the index (%d items); using %d", top, len(index), len(index)
+        )
         top = len(index)
     excluded = _check_excluded(index, exclude_systems)
     if len(excluded) > 1:
@@ -561,9 +566,7 @@ def evaluate(
     return Evaluation(metrics, collection, split, arrays)
 
 
-def fid(
-    model: ModelLike, set_a: Any, set_b: Any, *, batch_size: int = 256
-) -> FidResult:
+def fid(model: ModelLike, set_a: Any, set_b: Any, *, batch_size: int = 256) -> FidResult:
     """Fréchet distance between two image sets in the model's embedding space."""
     from twinsight.embedding import embed_collection
     from twinsight.evaluate import frechet_distance

@@ -41,7 +41,7 @@ class DataConfig(_Section):
     )
     log10: list[str] | Literal["auto"] = Field(
         "auto",
-        description="parameters normalized in log10; auto: the positive ones with max/min >= 20",
+        description="parameters normalized in log10; auto: the log-distributed positive ones",
     )
     param_norm: Literal["zscore", "minmax"] = Field(
         "zscore", description="how parameters are normalized before the kernel"

@@ -28,7 +28,7 @@ import numpy as np
 from twinsight import api
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
-from twinsight.io import dumps_json
+from twinsight.io import dumps
 from twinsight.pipeline import EventHook, Stage, StageResult, run_stages
 from twinsight.report import LAYOUT, build_report, read_json
 
@@ -152,7 +152,10 @@ def _train(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
         num_workers=0,
         augment=s.augment,
     )
-    return {"model_fingerprint": run.bundle.fingerprint, "metrics": run.bundle.training.get("metrics")}
+    return {
+        "model_fingerprint": run.bundle.fingerprint,
+        "metrics": run.bundle.training.get("metrics"),
+    }
 
 
 def _index(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
@@ -206,7 +209,7 @@ def _match(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
     estimate = api.match(index, observation, model=run_dir / TRAIN_DIR / "model")
     estimate.query = OBSERVATION_FITS
     write_text_atomic(
-        run_dir / LAYOUT["estimate"], dumps_json(estimate.to_dict(with_values=True)) + "\n"
+        run_dir / LAYOUT["estimate"], dumps(estimate.to_dict(with_values=True)) + "\n"
     )
     shown = api.search(index, observation, s.n_shown, model=run_dir / TRAIN_DIR / "model")
     shown.plot(run_dir / LAYOUT["fig_matches"], query_names=["observation"], caption="system")
@@ -227,7 +230,7 @@ def _calibrate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
         "coverage_68": float(np.mean([p["coverage_68"] for p in params.values()])),
         "coverage_95": float(np.mean([p["coverage_95"] for p in params.values()])),
     }
-    write_text_atomic(run_dir / LAYOUT["calibration"], dumps_json(data) + "\n")
+    write_text_atomic(run_dir / LAYOUT["calibration"], dumps(data) + "\n")
     result.plot(run_dir / FIGURES_DIR)
     return data["summary"]
 
@@ -269,7 +272,16 @@ def demo_stages(settings: DemoSettings, seed: int) -> list[Stage]:
             "training the Siamese network on parameter similarity",
             [TRAIN_DIR + "/model", TRAIN_DIR + "/metrics.json", TRAIN_DIR + "/training_curves.png"],
             _train,
-            ["epochs", "batch_size", "encoder", "embedding_dim", "lr", "kernel", "width", "augment"],
+            [
+                "epochs",
+                "batch_size",
+                "encoder",
+                "embedding_dim",
+                "lr",
+                "kernel",
+                "width",
+                "augment",
+            ],
             ("simulate",),
         ),
         stage(

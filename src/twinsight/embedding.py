@@ -26,14 +26,13 @@ from twinsight.data.collection import Collection
 from twinsight.data.transforms import Preprocessing
 from twinsight.errors import TwinsightError
 from twinsight.progress import track
+from twinsight.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
 
 def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise TwinsightError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
+    return check_positive_int(batch_size, "batch_size")
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<i>", "mps")

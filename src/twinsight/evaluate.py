@@ -26,24 +26,26 @@ from typing import Any
 
 import numpy as np
 
+from twinsight.data.targets import pair_similarity
 from twinsight.errors import TwinsightError
 from twinsight.index import SimilarityIndex
 from twinsight.inference import (
     DEFAULT_TOP,
     LEVELS,
-    _inflation,
     balanced_pairs,
     choose_scale,
     coverage,
     decision_threshold,
+    inflation_factors,
+    level_index,
     pair_groups,
     recovery_arrays,
     to_scale,
+    with_reported_levels,
 )
+from twinsight.training.metrics import retrieval_metrics as _retrieval_scores
 
 log = logging.getLogger(__name__)
-
-MAX_RETRIEVAL_K = 1000
 
 
 # -- labels ---------------------------------------------------------------------------------------
@@ -52,31 +54,21 @@ def retrieval_metrics(
 ) -> dict[str, Any]:
     """precision@1, R-precision, MAP@R (pytorch-metric-learning) and recall@{1,5,10}.
 
-    ``k`` defaults to min(largest class size, 1000) so large sets do not exhaust
-    memory; the query set is its own reference (each item's self-match excluded).
+    The first three are :func:`twinsight.training.metrics.retrieval_metrics`, the
+    ones training validates with. ``k`` defaults to min(largest class size,
+    :data:`~twinsight.training.metrics.MAX_RETRIEVAL_K`) so large sets do not
+    exhaust memory; the query set is its own reference (each item's self-match
+    excluded).
     """
-    import torch
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-
     labels = np.asarray(labels)
     _, codes = np.unique(labels.astype(str), return_inverse=True)
-    counts = np.bincount(codes)
-    if counts.max() < 2:
+    codes = codes.reshape(-1)
+    if np.bincount(codes).max() < 2:
         raise TwinsightError("retrieval metrics need at least one label with two or more items")
-    k = int(min(counts.max(), MAX_RETRIEVAL_K) if k is None else k)
-    k = max(1, min(k, len(labels) - 1))
-    emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-    lab = torch.from_numpy(codes.astype(np.int64))
-    calc = AccuracyCalculator(
-        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"), k=k
-    )
-    res = calc.get_accuracy(emb, lab, emb, lab, ref_includes_query=True)
-    out = {
-        name: float(res[name])
-        for name in ("precision_at_1", "r_precision", "mean_average_precision_at_r")
-    }
+    scores = _retrieval_scores(embeddings, codes, k=k)
+    out = {name: scores[name] for name in scores if name != "k"}
     out["recall_at_k"] = _recall_at_k(embeddings, codes, (1, 5, 10))
-    out["k"] = k
+    out["k"] = scores["k"]
     return out
 
 
@@ -135,7 +127,11 @@ def verification_metrics(
 def target_similarity(
     params_a: np.ndarray, params_b: np.ndarray, reference: np.ndarray
 ) -> np.ndarray:
-    """Seed 000's target: (cos + 1) / 2 of z-scored parameter vectors (log10 for log-like ones)."""
+    """Seed 000's target for a model without stored targets: the cosine kernel of z-scores.
+
+    Parameters are z-scored over ``reference`` (in log10 for the log-scaled ones)
+    and compared with :func:`twinsight.data.targets.pair_similarity`.
+    """
     scales = [choose_scale(reference[:, j]) for j in range(reference.shape[1])]
     ref = np.stack([to_scale(reference[:, j], s) for j, s in enumerate(scales)], axis=-1)
     mu, sd = ref.mean(axis=0), ref.std(axis=0)
@@ -143,15 +139,12 @@ def target_similarity(
 
     def z(p: np.ndarray) -> np.ndarray:
         v = np.stack([to_scale(p[:, j], s) for j, s in enumerate(scales)], axis=-1)
-        v = (v - mu) / sd
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return (v - mu) / sd
 
-    return (np.sum(z(params_a) * z(params_b), axis=1) + 1) / 2
+    return pair_similarity(z(params_a), z(params_b), "cosine")
 
 
-def model_target_similarity(
-    targets: dict | None, items_a: Any, items_b: Any, params: np.ndarray
-) -> np.ndarray:
+def model_target_similarity(targets: dict | None, items_a: Any, items_b: Any) -> np.ndarray:
     """Pairwise target similarity as the model was trained (its normalizer and kernel)."""
     from twinsight.data.params import ParameterNormalizer
 
@@ -160,12 +153,7 @@ def model_target_similarity(
     # wrapped: ParameterNormalizer.transform accepts "anything with an items table"
     za = norm.transform(SimpleNamespace(items=items_a)).astype(np.float64)
     zb = norm.transform(SimpleNamespace(items=items_b)).astype(np.float64)
-    if t.get("kernel", "cosine") == "rbf":
-        width = float(t.get("width", 1.0))
-        return np.exp(-np.sum((za - zb) ** 2, axis=1) / (2 * width**2 * za.shape[1]))
-    na = np.maximum(np.linalg.norm(za, axis=1), 1e-12)
-    nb = np.maximum(np.linalg.norm(zb, axis=1), 1e-12)
-    return (np.sum(za * zb, axis=1) / (na * nb) + 1) / 2
+    return pair_similarity(za, zb, t.get("kernel", "cosine"), float(t.get("width", 1.0)))
 
 
 def similarity_ranking(
@@ -193,7 +181,6 @@ def similarity_ranking(
             targets,
             items.iloc[i].reset_index(drop=True),
             items.iloc[j].reset_index(drop=True),
-            params,
         )
     else:
         target = target_similarity(params[i], params[j], params)
@@ -219,11 +206,11 @@ def parameter_recovery(
         )
     m = matching or {}
     top = int(m.get("top") or DEFAULT_TOP)
-    levels = [float(x) for x in m.get("levels", LEVELS)]
+    levels = with_reported_levels(m.get("levels", LEVELS))
     prior = pool.params(columns)
     stored = m.get("scales") or {}
     scales = [stored.get(c) or choose_scale(prior[:, j]) for j, c in enumerate(columns)]
-    inflation = _inflation(m, columns, levels) if m.get("inflation") else None
+    inflation = inflation_factors(m, columns, levels) if m.get("inflation") else None
     arr = recovery_arrays(
         pool,
         query_embeddings,
@@ -245,7 +232,7 @@ def parameter_recovery(
     )
     med = arr["median"]
     covs = np.stack([coverage(truth, arr["lo"][i], arr["hi"][i]) for i in range(len(levels))])
-    i68, i95 = _level_index(levels, 0.68), _level_index(levels, 0.95)
+    i68, i95 = level_index(levels, 0.68), level_index(levels, 0.95)
     out: dict[str, Any] = {}
     for j, c in enumerate(columns):
         resid = truth[:, j] - med[:, j]
@@ -269,15 +256,6 @@ def parameter_recovery(
         "matching": {"top": top, "calibrated": bool(m.get("inflation")), "pool": len(pool)},
         "_arrays": extras,
     }
-
-
-def _level_index(levels: Sequence[float], level: float) -> int:
-    for i, lev in enumerate(levels):
-        if abs(lev - level) < 1e-9:
-            return i
-    raise TwinsightError(
-        f"interval level {level} is not among the calibrated levels {list(levels)}"
-    )
 
 
 # -- the whole evaluation -------------------------------------------------------------------------

@@ -37,6 +37,8 @@ import pandas as pd
 
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_dir
+from twinsight.io import dumps
+from twinsight.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -481,17 +483,18 @@ class SimilarityIndex:
                 f"query embeddings have dimension {queries.shape[1]} but the index holds "
                 f"dimension {self.dim}"
             )
-        k = int(k)
-        if k < 1:
-            raise TwinsightError(f"k must be at least 1, got {k}")
+        k = check_positive_int(k, "k")
         if k > len(self):
             log.info(
                 "k = %d is larger than the index (%d items); using k = %d", k, len(self), len(self)
             )
             k = len(self)
         faiss_params = faiss_search_parameters(self.index, settings)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces every
+        # index's ``search`` with one that takes no ``params``; the numpy method stays.
+        search = getattr(self.index, "search_numpy", self.index.search)
         with faiss_search_settings(len(queries)):
-            sims, positions = self.index.search(queries, k, params=faiss_params)
+            sims, positions = search(queries, k, params=faiss_params)
         return sims, positions.astype(np.int64)
 
     def search_excluding(
@@ -541,7 +544,7 @@ class SimilarityIndex:
         with atomic_dir(path, overwrite=overwrite) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             self.items.to_parquet(tmp / "items.parquet", index=False)
-            (tmp / "index.json").write_text(json.dumps(meta, indent=2, default=str))
+            (tmp / "index.json").write_text(dumps(meta, lenient=True))
         return Path(path)
 
     @classmethod

@@ -47,6 +47,36 @@ from torch import nn
 
 from twinsight.errors import TwinsightError
 
+#: name -> loss class or factory; filled by :func:`register_loss` (the only mutable state).
+_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+
+Factory = Callable[..., nn.Module]
+
+
+def register_loss(name: str, *, replace: bool = False) -> Callable[[Factory], Factory]:
+    """Decorator: register a loss class (or factory) under ``name`` for :func:`create_loss`.
+
+    Its keyword arguments are the loss's options (checked by ``create_loss``); its module
+    computes ``loss(S, T, mask) -> scalar``. A taken name is refused unless ``replace``.
+    """
+
+    def decorate(factory: Factory) -> Factory:
+        if name in _LOSSES and not replace:
+            raise TwinsightError(
+                f"loss '{name}' is already registered; pick another name or pass replace=True"
+            )
+        _LOSSES[name] = factory
+        return factory
+
+    return decorate
+
+
+def unregister_loss(name: str) -> Factory:
+    """Remove loss ``name`` from the registry and return it."""
+    if name not in _LOSSES:
+        raise TwinsightError(f"no loss '{name}' is registered; registered: {list_losses()}")
+    return _LOSSES.pop(name)
+
 
 def _checked(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> tuple:
     """Validate shapes and return (S, T, mask) as float32, float32, bool."""
@@ -89,6 +119,7 @@ class PairLoss(nn.Module):
         raise NotImplementedError
 
 
+@register_loss("contrastive")
 class ContrastiveLoss(PairLoss):
     """Seed 000's continuous contrastive loss on d = (1 - S) / 2 (see module docstring)."""
 
@@ -103,6 +134,7 @@ class ContrastiveLoss(PairLoss):
         return 0.5 * T * d**2 + 0.5 * (1.0 - T) * torch.clamp(self.margin - d, min=0.0) ** 2
 
 
+@register_loss("contrastive-euclid")
 class EuclideanContrastiveLoss(PairLoss):
     """Seed 002's contrastive loss: y d^2 + (1 - y) max(0, m^2 - d^2), d Euclidean."""
 
@@ -118,6 +150,7 @@ class EuclideanContrastiveLoss(PairLoss):
         return y * d2 + (1.0 - y) * torch.clamp(self.margin**2 - d2, min=0.0)
 
 
+@register_loss("mse")
 class MSELoss(PairLoss):
     """Regress (S + 1) / 2 onto T."""
 
@@ -127,6 +160,7 @@ class MSELoss(PairLoss):
         return ((S + 1.0) / 2.0 - T) ** 2
 
 
+@register_loss("bce")
 class BCELoss(nn.Module):
     """Seed 003's loss: BCE with logits ``scale * S + bias`` against T (learned scale, bias).
 
@@ -167,6 +201,7 @@ class BCELoss(nn.Module):
         return {"scale": float(self.scale.detach()), "bias": float(self.bias.detach())}
 
 
+@register_loss("triplet")
 class TripletLoss(nn.Module):
     """Seed 004's triplet margin loss on squared Euclidean distances of unit vectors.
 
@@ -327,6 +362,7 @@ def _precomputed_distance() -> nn.Module:
     return PrecomputedSimilarity()
 
 
+@register_loss("multi-similarity")
 def _multi_similarity(alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> PMLLoss:
     from pytorch_metric_learning.losses import MultiSimilarityLoss
 
@@ -334,6 +370,7 @@ def _multi_similarity(alpha: float = 2.0, beta: float = 50.0, base: float = 0.5)
     return PMLLoss("multi-similarity", loss)
 
 
+@register_loss("ntxent")
 class NTXentLoss(nn.Module):
     """NT-Xent (normalized temperature-scaled cross-entropy) on S, for class targets.
 
@@ -364,20 +401,6 @@ class NTXentLoss(nn.Module):
         neg_lse = torch.logsumexp(logits.masked_fill(~neg, -torch.inf), dim=1, keepdim=True)
         per_pair = torch.logaddexp(logits, neg_lse) - logits
         return _masked_mean(per_pair, pos)
-
-
-_LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "contrastive": ContrastiveLoss,
-    "contrastive-euclid": EuclideanContrastiveLoss,
-    "bce": BCELoss,
-    "triplet": TripletLoss,
-    "mse": MSELoss,
-    "multi-similarity": _multi_similarity,
-    "ntxent": NTXentLoss,
-}
-
-#: Losses that need class targets (binary T).
-CLASS_ONLY_LOSSES = ("multi-similarity", "ntxent")
 
 
 def list_losses() -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
+from twinsight.io import dumps
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def input_fingerprint(stage: Stage, upstream: dict[str, str]) -> str:
         "config": stage.config,
         "upstream": {name: upstream[name] for name in stage.depends},
     }
-    text = json.dumps(payload, sort_keys=True, default=str)
+    text = dumps(payload, indent=None, sort_keys=True, lenient=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -127,7 +128,7 @@ def read_stages(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _write_stages(run_dir: Path, record: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / STAGES_FILE, json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(run_dir / STAGES_FILE, dumps(record, lenient=True) + "\n")
 
 
 def _check_run_dir(run_dir: Path) -> None:

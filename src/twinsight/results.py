@@ -8,7 +8,6 @@ draws a figure. The parameter estimate of ``twinsight.match`` is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,10 +245,10 @@ class Evaluation:
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``metrics.json`` and the figures into a new folder ``out``, atomically."""
-        from twinsight.io import dumps_json
+        from twinsight.io import dumps
 
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            (tmp / "metrics.json").write_text(dumps_json(self.to_dict()) + "\n")
+            (tmp / "metrics.json").write_text(dumps(self.to_dict()) + "\n")
             self.plot(tmp)
         return Path(out)
 
@@ -295,8 +294,3 @@ class TrainResult:
             "train_seconds": self.metrics["train_seconds"],
             "validation": self.metrics["final"],
         }
-
-    @classmethod
-    def read(cls, run: str | Path, bundle: Any) -> TrainResult:
-        run = Path(run)
-        return cls(run, bundle, json.loads((run / "metrics.json").read_text()))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
 from rich.console import Console
+
+from twinsight.io import dumps
 
 app = typer.Typer(
     name="twinsight",
@@ -23,14 +24,4 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def print_json(data: Any) -> None:
     """Print machine-readable JSON on stdout (nothing else goes to stdout with --json)."""
-    typer.echo(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    typer.echo(dumps(data, lenient=True))

@@ -25,7 +25,9 @@ def _fmt(x: Any) -> str:
 
 def _warn_if_clamped(option: str, value: int | None, n: int) -> None:
     if value is not None and value > n:
-        err_console.print(f"[yellow]{option} {value} is larger than the index ({n} items); using {n}[/]")
+        err_console.print(
+            f"[yellow]{option} {value} is larger than the index ({n} items); using {n}[/]"
+        )
 
 
 # -- index ----------------------------------------------------------------------------------------

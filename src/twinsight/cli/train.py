@@ -97,7 +97,8 @@ def _signature() -> inspect.Signature:
             None, "--config", "-c", help="YAML configuration file.")),
     ]  # fmt: skip
     tail = [
-        _fixed("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run.")),
+        _fixed("resume", bool, typer.Option(
+            False, "--resume", help="Continue an interrupted run.")),
         _fixed("overwrite", bool, typer.Option(
             False, "--overwrite", help="Replace an existing run.")),
         _fixed("print_config", bool, typer.Option(

@@ -1,14 +1,13 @@
-"""Targets: parameter normalization and the similarity two items should have.
+"""Parameter normalization and explicit pair lists.
 
 - :class:`ParameterNormalizer` picks parameter columns, applies ``log10`` to
   some, and z-scores (or min-max scales) them with statistics fitted on the
   training split; ``to_dict``/``from_dict`` save them with the model so that
   inference normalizes the same way.
-- :func:`parameter_similarity`: seed 000/001's cosine of normalized parameter
-  vectors mapped to [0, 1] (``(cos + 1) / 2``), or an RBF kernel on their
-  distance.
-- :func:`class_similarity`: 1 for the same label, 0 otherwise.
 - :func:`read_pairs`: an explicit pair list (CSV ``path_a, path_b, label``).
+
+The similarity kernels (:func:`parameter_similarity`, :func:`class_similarity`)
+live in :mod:`twinsight.data.targets` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,12 +20,21 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from twinsight.data.targets import KERNELS, Kernel, class_similarity, parameter_similarity
 from twinsight.errors import TwinsightError
 
+__all__ = [
+    "KERNELS",
+    "METHODS",
+    "Kernel",
+    "ParameterNormalizer",
+    "class_similarity",
+    "parameter_similarity",
+    "read_pairs",
+]
+
 Method = Literal["zscore", "minmax"]
-Kernel = Literal["cosine", "rbf"]
 METHODS = ("zscore", "minmax")
-KERNELS = ("cosine", "rbf")
 
 
 def _as_frame(items: Any) -> pd.DataFrame:
@@ -224,61 +232,6 @@ def _transformed(frame: pd.DataFrame, columns: list[str], log10: list[str]) -> n
         values = _column_values(frame, column)
         out[:, j] = _log10(values, column, frame) if column in log10 else values
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# target similarities
-# ---------------------------------------------------------------------------------------------
-def _as_matrix(z: np.ndarray, name: str) -> np.ndarray:
-    z = np.asarray(z)
-    if z.ndim == 1:
-        z = z[None]
-    if z.ndim != 2:
-        raise TwinsightError(f"{name} must be [N, P] normalized parameters, got shape {z.shape}")
-    if not np.issubdtype(z.dtype, np.floating):
-        z = z.astype(np.float64)
-    return z
-
-
-def parameter_similarity(
-    za: np.ndarray, zb: np.ndarray, kernel: Kernel = "cosine", width: float = 1.0
-) -> np.ndarray:
-    """Target similarity in [0, 1] of every (a, b) pair of normalized parameter vectors.
-
-    ``cosine``: ``(cos + 1) / 2`` (seed 000/001; a zero vector has cosine 0,
-    so similarity 0.5). ``rbf``: ``exp(-|za - zb|^2 / (2 width^2 P))`` with P
-    the number of parameters, so ``width`` is per parameter.
-    """
-    za = _as_matrix(za, "za")
-    zb = _as_matrix(zb, "zb")
-    if za.shape[1] != zb.shape[1]:
-        raise TwinsightError(
-            f"za and zb have different numbers of parameters: {za.shape[1]} vs {zb.shape[1]}"
-        )
-    dtype = np.result_type(za.dtype, zb.dtype, np.float32)
-    a = za.astype(np.float64)
-    b = zb.astype(np.float64)
-    if kernel == "cosine":
-        na = np.linalg.norm(a, axis=1, keepdims=True)
-        nb = np.linalg.norm(b, axis=1, keepdims=True)
-        ua = np.divide(a, na, out=np.zeros_like(a), where=na > 0)
-        ub = np.divide(b, nb, out=np.zeros_like(b), where=nb > 0)
-        sim = (ua @ ub.T + 1.0) / 2.0
-    elif kernel == "rbf":
-        if not (np.isfinite(width) and width > 0):
-            raise TwinsightError(f"rbf width must be a positive number, got {width!r}")
-        sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
-        sim = np.exp(-np.maximum(sq, 0.0) / (2.0 * width**2 * a.shape[1]))
-    else:
-        raise TwinsightError(f"unknown similarity kernel '{kernel}'; expected one of {KERNELS}")
-    return np.clip(sim, 0.0, 1.0).astype(dtype)
-
-
-def class_similarity(la: Sequence[Any] | np.ndarray, lb: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """1.0 where the labels are equal, 0.0 elsewhere, float32 [A, B]."""
-    a = np.asarray(la).reshape(-1)
-    b = np.asarray(lb).reshape(-1)
-    return (a[:, None] == b[None, :]).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

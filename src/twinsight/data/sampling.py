@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from twinsight.errors import TwinsightError
+from twinsight.validation import check_positive_int
 
 
 def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise TwinsightError(f"sampler: {name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_positive_int(value, f"sampler: {name}")
 
 
 class _EpochSampler:

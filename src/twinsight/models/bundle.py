@@ -27,6 +27,8 @@ from twinsight.data.transforms import Preprocessing
 from twinsight.embedding import embed_images
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_dir
+from twinsight.io import dumps
+from twinsight.models.calibration import probability
 from twinsight.models.encoders import create_encoder
 
 FORMAT = "twinsight-model"
@@ -51,20 +53,9 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _json_value(value: Any) -> Any:
-    """numpy / torch scalars and arrays to plain JSON values; refuse anything else."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
 def _to_json(data: Any, where: str) -> str:
     try:
-        return json.dumps(data, indent=2, default=_json_value, allow_nan=True)
+        return dumps(data)
     except (TypeError, ValueError) as exc:
         raise TwinsightError(f"model bundle: cannot store {where} as JSON: {exc}") from None
 
@@ -232,9 +223,7 @@ class ModelBundle:
                 "this model has no score calibration; train it with the 'bce' loss or "
                 "calibrate it on labelled pairs first"
             )
-        a, b = float(self.calibration["scale"]), float(self.calibration["bias"])
-        z = a * np.asarray(scores, dtype=np.float64) + b
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return probability(scores, self.calibration).astype(np.float32)
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

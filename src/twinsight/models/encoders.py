@@ -42,6 +42,7 @@ from torch import nn
 
 from twinsight.data.transforms import Preprocessing
 from twinsight.errors import TwinsightError
+from twinsight.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +263,7 @@ def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise TwinsightError(f"{name} must be a positive integer, got {value!r}")
-    if int(value) <= 0:
-        raise TwinsightError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_positive_int(value, name)
 
 
 def _minmax(input_size: tuple[int, int], channels: int) -> Preprocessing:
@@ -702,8 +699,3 @@ def create_encoder(
     encoder, config = build(name, common, weights, options)
     encoder.config = {**common, "input_size": list(common["input_size"]), **config}
     return encoder
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters (for logs and reports)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -70,8 +70,6 @@ FIGURES: tuple[tuple[str, str], ...] = (
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-
-
 def fmt(value: Any) -> str:
     """Format one number the way the report shows it (4 significant digits)."""
     if value is None:

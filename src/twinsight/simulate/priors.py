@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from twinsight.data.schema import SIMULATOR_PARAMETERS, SIMULATOR_UNITS
-from twinsight.errors import TwinsightError
+from twinsight.validation import check_scalar
 
 #: The seven physical parameters, named exactly as in the seed-000 files.
 PARAMETERS: tuple[str, ...] = SIMULATOR_PARAMETERS
@@ -169,11 +169,7 @@ def system_name(index: int) -> str:
 
 def check_count(value: int, what: str, minimum: int = 1) -> int:
     """Validate a count option (systems, projections, size, ...) and return it as int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TwinsightError(f"{what} must be an integer, got {value!r}")
-    if value < minimum:
-        raise TwinsightError(f"{what} must be at least {minimum}, got {value}")
-    return int(value)
+    return check_scalar(value, what, int, min_val=minimum)
 
 
 def simulate_systems(n_systems: int, *, seed: int = 0, start: int = 0) -> pd.DataFrame:

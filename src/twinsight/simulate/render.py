@@ -32,6 +32,7 @@ import numpy as np
 
 from twinsight.errors import TwinsightError
 from twinsight.simulate.priors import PARAMETERS
+from twinsight.validation import check_scalar
 
 #: Field of view of every image, in AU (the pixel scale is this divided by the size).
 FIELD_OF_VIEW_AU = 1000.0
@@ -231,9 +232,8 @@ def render_system(
             f"render_system: inclinations {inclination.shape} and position angles {pa.shape} "
             "must be 1-D of the same length"
         )
-    if int(size) < MIN_SIZE:
-        raise TwinsightError(f"image size must be at least {MIN_SIZE} pixels, got {size}")
-    u, v, scale = _grid(int(size), pa)
+    size = check_scalar(size, "image size", int, min_val=MIN_SIZE)
+    u, v, scale = _grid(size, pa)
     cos_i = _column(np.cos(np.radians(inclination)))
     sin_i = _column(np.sin(np.radians(inclination)))
     radius = np.sqrt(u * u + v * v)
