@@ -32,9 +32,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from twinsight.fsutil import write_text_atomic  # noqa: E402
-from twinsight.simulate import draw_views, render_system, simulate_systems  # noqa: E402
-from twinsight.simulate.priors import STREAM_NOISE, system_rng  # noqa: E402
-from twinsight.simulate.writers import write_packed_simulation  # noqa: E402
+from twinsight.simulator import draw_views, render_system, simulate_systems  # noqa: E402
+from twinsight.simulator.priors import STREAM_NOISE, system_rng  # noqa: E402
+from twinsight.simulator.writers import write_packed_simulation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

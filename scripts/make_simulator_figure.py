@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from twinsight.fsutil import atomic_file  # noqa: E402
-from twinsight.simulate import render_system  # noqa: E402
-from twinsight.simulate.priors import parameters_on_track, system_rng  # noqa: E402
+from twinsight.simulator import render_system  # noqa: E402
+from twinsight.simulator.priors import parameters_on_track, system_rng  # noqa: E402
 
 AGES = (1e4, 3e4, 1e5, 3e5, 1e6)
 INCLINATIONS = (0.0, 40.0, 65.0, 80.0, 90.0)

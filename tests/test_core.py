@@ -193,3 +193,21 @@ def test_public_api_names_resolve():
     assert callable(twinsight.train) and callable(twinsight.open_collection)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         twinsight.nope  # noqa: B018
+
+
+def test_facade_names_are_not_shadowed_by_submodules():
+    """Importing a submodule sets an attribute on the package: no façade name may be one."""
+    import importlib
+    import pkgutil
+    import types
+
+    import twinsight
+
+    for info in pkgutil.walk_packages(twinsight.__path__, "twinsight."):
+        if not info.name.startswith("twinsight.cli"):
+            importlib.import_module(info.name)
+    for name in twinsight.__all__:
+        value = getattr(twinsight, name)
+        assert not isinstance(value, types.ModuleType), f"twinsight.{name} is a module"
+    assert twinsight.simulate.__module__ == "twinsight.api"
+    assert twinsight.evaluate.__module__ == "twinsight.api"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from twinsight.errors import TwinsightError
-from twinsight.evaluate import (
+from twinsight.evaluation import (
     frechet_distance,
     parameter_recovery,
     retrieval_metrics,

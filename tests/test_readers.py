@@ -468,11 +468,11 @@ def test_builtin_mnist5k_split():
 
 
 def test_builtin_protostars():
-    pytest.importorskip("twinsight.simulate", reason="the simulator has not landed yet")
-    from twinsight import simulate
+    pytest.importorskip("twinsight.simulator", reason="the simulator has not landed yet")
+    from twinsight import simulator as simulate
 
     if not hasattr(simulate, "simulate_collection"):
-        pytest.skip("twinsight.simulate.simulate_collection has not landed yet")
+        pytest.skip("twinsight.simulator.simulate_collection has not landed yet")
     coll = open_collection("protostars")
     assert len(coll) == 800 and coll.image_shape == (1, 64, 64)
     assert set(SIMULATOR_PARAMETERS) <= set(coll.param_columns)
@@ -622,7 +622,7 @@ def test_a_broken_sniff_names_its_reader(tmp_path):
 def test_importing_readers_does_not_import_the_simulator():
     code = (
         "import sys, twinsight.data.readers, twinsight.data.schema; "
-        "assert 'twinsight.simulate' not in sys.modules, sorted(sys.modules); "
+        "assert 'twinsight.simulator' not in sys.modules, sorted(sys.modules); "
         "assert not any(m == 'torch' or m.startswith('twinsight.models') for m in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(twinsight.__file__).parents[1])}
@@ -660,7 +660,7 @@ def test_truth_name_rule():
 
 
 def test_observation_opens_with_the_simulator_truth(tmp_path):
-    from twinsight.simulate import observe
+    from twinsight.simulator import observe
 
     truth = observe(tmp_path / "obs.fits", {"disk_size": 120.0}, seed=5, size=16)
     coll = open_collection(tmp_path / "obs.fits")

@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 
 from twinsight.errors import TwinsightError
-from twinsight.simulate import (
+from twinsight.simulator import (
     PARAMETERS,
     UNITS,
     observe,
@@ -331,7 +331,7 @@ def test_simulate_refuses_existing_output(tmp_path, run_cli, target):
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    from twinsight.simulate import writers
+    from twinsight.simulator import writers
 
     calls = {"n": 0}
     real = writers.render_system
@@ -351,14 +351,14 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_seed_layout_refuses_file_like_folder_name(tmp_path):
-    from twinsight.simulate import write_seed_layout
+    from twinsight.simulator import write_seed_layout
 
     with pytest.raises(TwinsightError, match="looks like a file name"):
         write_seed_layout(tmp_path / "x.fits", 1, 1, 16)
 
 
 def test_split_by_system_keeps_systems_whole_and_is_seeded():
-    from twinsight.simulate import split_by_system
+    from twinsight.simulator import split_by_system
 
     systems = [f"s{i // 4}" for i in range(400)]  # 100 systems x 4 views
     sides = split_by_system(systems, seed=0, val=0.1, test=0.2)

@@ -243,7 +243,7 @@ def simulate(
     ``val_fraction`` / ``test_fraction``), any other path a folder of seed-000 HDF5
     files; without ``out`` the set is simulated in memory.
     """
-    from twinsight.simulate import simulate_collection, write_simulation
+    from twinsight.simulator import simulate_collection, write_simulation
 
     if out is None:
         return simulate_collection(n_systems, n_projections, size, seed)
@@ -275,7 +275,7 @@ def observe(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write one simulated telescope observation (FITS) and return what is true of it."""
-    from twinsight.simulate import observe as write_observation
+    from twinsight.simulator import observe as write_observation
 
     return write_observation(
         out,
@@ -552,7 +552,7 @@ def evaluate(
     progress: bool = False,
 ) -> Evaluation:
     """Retrieval, verification, similarity ranking and parameter recovery on one split."""
-    from twinsight.evaluate import evaluate as evaluate_model
+    from twinsight.evaluation import evaluate as evaluate_model
 
     collection = _collection(data)
     raw = evaluate_model(
@@ -569,7 +569,7 @@ def evaluate(
 def fid(model: ModelLike, set_a: Any, set_b: Any, *, batch_size: int = 256) -> FidResult:
     """Fréchet distance between two image sets in the model's embedding space."""
     from twinsight.embedding import embed_collection
-    from twinsight.evaluate import frechet_distance
+    from twinsight.evaluation import frechet_distance
 
     bundle = load_model(model)
     ea = embed_collection(bundle, _collection(set_a), batch_size=batch_size)

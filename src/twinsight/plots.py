@@ -166,7 +166,7 @@ def plot_recovery(
     """Parameter recovery: best-match median against the truth, one panel per parameter.
 
     ``truth`` and ``median`` are [Q, P] in each parameter's scale space (``log10``
-    or ``linear``, as :func:`twinsight.evaluate.parameter_recovery` returns them);
+    or ``linear``, as :func:`twinsight.evaluation.parameter_recovery` returns them);
     each panel shows the 1:1 line and its R^2 (``r2`` as reported elsewhere, else
     computed here the same way). Added by the demo engineer.
     """

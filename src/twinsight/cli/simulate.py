@@ -1,6 +1,6 @@
 """CLI commands: ``simulate`` (a simulated set) and ``observe`` (one FITS observation).
 
-See :mod:`twinsight.simulate` for the model; these commands only parse, call it and print.
+See :mod:`twinsight.simulator` for the model; these commands only parse, call it and print.
 """
 
 from __future__ import annotations

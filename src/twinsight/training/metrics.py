@@ -2,7 +2,7 @@
 
 :func:`retrieval_metrics` is the one implementation of precision@1, R-precision
 and MAP@R (pytorch-metric-learning's, leave-one-out); the per-epoch validation
-and :mod:`twinsight.evaluate` both call it. torch is imported inside the
+and :mod:`twinsight.evaluation` both call it. torch is imported inside the
 functions so that importing this module (as evaluation does) stays cheap.
 """
 

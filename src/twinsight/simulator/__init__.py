@@ -11,10 +11,10 @@ model is documented in the README ("The protostellar simulator").
 
 from __future__ import annotations
 
-from twinsight.simulate.observe import observe, observe_image
-from twinsight.simulate.priors import PARAMETERS, UNITS, draw_views, simulate_systems
-from twinsight.simulate.render import FIELD_OF_VIEW_AU, pixel_scale, render_system
-from twinsight.simulate.writers import (
+from twinsight.simulator.observe import observe, observe_image
+from twinsight.simulator.priors import PARAMETERS, UNITS, draw_views, simulate_systems
+from twinsight.simulator.render import FIELD_OF_VIEW_AU, pixel_scale, render_system
+from twinsight.simulator.writers import (
     SIMULATOR_VERSION,
     simulate_collection,
     split_by_system,

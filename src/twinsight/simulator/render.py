@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from twinsight.errors import TwinsightError
-from twinsight.simulate.priors import PARAMETERS
+from twinsight.simulator.priors import PARAMETERS
 from twinsight.validation import check_scalar
 
 #: Field of view of every image, in AU (the pixel scale is this divided by the size).
@@ -221,7 +221,7 @@ def render_system(
     """Render one system from K viewing angles (degrees) as float32 [K, size, size].
 
     ``params`` holds the seven parameters (and optionally the companion columns
-    of :func:`~twinsight.simulate.priors.simulate_systems`); ``rng`` draws the
+    of :func:`~twinsight.simulator.priors.simulate_systems`); ``rng`` draws the
     noise (none when ``rng`` is None or ``noise`` is 0).
     """
     p = _check_params(params)

@@ -26,14 +26,14 @@ from scipy.ndimage import gaussian_filter
 
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_file, check_output_path
-from twinsight.simulate.priors import (
+from twinsight.simulator.priors import (
     PARAMETERS,
     UNITS,
     check_count,
     draw_companion,
     draw_parameters,
 )
-from twinsight.simulate.render import FIELD_OF_VIEW_AU, MIN_SIZE, pixel_scale, render_system
+from twinsight.simulator.render import FIELD_OF_VIEW_AU, MIN_SIZE, pixel_scale, render_system
 
 #: FWHM to Gaussian sigma.
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))

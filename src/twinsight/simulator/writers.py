@@ -1,7 +1,7 @@
 """Simulated sets: in memory, as the seed-000 per-system HDF5 layout, or one packed file.
 
 Every writer renders system by system with that system's own random streams
-(see :mod:`twinsight.simulate.priors`), so the same seed gives bit-identical
+(see :mod:`twinsight.simulator.priors`), so the same seed gives bit-identical
 images and parameters whichever writer is used and however the work is
 batched. Files are written atomically: an interrupted run leaves nothing.
 """
@@ -22,7 +22,7 @@ from twinsight.data.packed import write_packed
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_dir, check_output_path
 from twinsight.progress import track
-from twinsight.simulate.priors import (
+from twinsight.simulator.priors import (
     PARAMETERS,
     STREAM_NOISE,
     UNITS,
@@ -31,7 +31,7 @@ from twinsight.simulate.priors import (
     simulate_systems,
     system_rng,
 )
-from twinsight.simulate.render import FIELD_OF_VIEW_AU, MIN_SIZE, pixel_scale, render_system
+from twinsight.simulator.render import FIELD_OF_VIEW_AU, MIN_SIZE, pixel_scale, render_system
 
 #: Version of the simulator model; bump it whenever the images of a seed change.
 SIMULATOR_VERSION = 1

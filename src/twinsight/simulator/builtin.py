@@ -8,7 +8,7 @@ the simulator.
 from __future__ import annotations
 
 from twinsight.data.collection import Collection
-from twinsight.simulate.writers import simulate_collection
+from twinsight.simulator.writers import simulate_collection
 
 
 def load_protostars() -> Collection:
