@@ -306,9 +306,9 @@ def test_search_parameters_behind_a_pretransform():
 
 
 def test_bad_search_parameters():
-    with pytest.raises(TwinsightError, match="nprobe must be a positive integer"):
+    with pytest.raises(TwinsightError, match="nprobe must be an integer >= 1"):
         SearchParameters(nprobe=0)
-    with pytest.raises(TwinsightError, match="ef_search must be a positive integer"):
+    with pytest.raises(TwinsightError, match="ef_search must be an integer >= 1"):
         SearchParameters(ef_search=2.5)
     x, items = _data(n=20)
     idx = SimilarityIndex.build(x, items, model_fingerprint="m")

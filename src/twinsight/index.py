@@ -139,11 +139,7 @@ def _set_search_params(index, nprobe: int | None, ef_search: int | None) -> None
 
 # -- per-call search parameters -------------------------------------------------------------------
 def _optional_positive(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise TwinsightError(f"{name} must be a positive integer or None, got {value!r}")
-    return int(value)
+    return None if value is None else check_positive_int(value, name)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from twinsight.data.collection import Collection
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_file, check_output_path
 from twinsight.progress import track
+from twinsight.validation import check_positive_int
 
 FORMAT = "twinsight-packed"
 VERSION = 1
@@ -193,8 +194,7 @@ def pack_collection(
     progress: bool = True,
 ) -> Path:
     """Write ``collection`` to one packed HDF5 file, atomically, reading in batches."""
-    if batch_size < 1:
-        raise TwinsightError(f"batch size must be at least 1, got {batch_size}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     out = check_output_path(out, overwrite)
     n_batches = math.ceil(len(collection) / batch_size)
     batches = (
