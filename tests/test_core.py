@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from twinsight.data.collection import Collection
 from twinsight.data.packed import is_packed, read_packed, write_packed
@@ -211,3 +212,25 @@ def test_facade_names_are_not_shadowed_by_submodules():
         assert not isinstance(value, types.ModuleType), f"twinsight.{name} is a module"
     assert twinsight.simulate.__module__ == "twinsight.api"
     assert twinsight.evaluate.__module__ == "twinsight.api"
+
+
+def test_registries_share_one_set_of_checks():
+    """Readers, encoders and losses register through one Registry: the same guards, words."""
+    import twinsight
+    from twinsight.losses import unregister_loss
+
+    @twinsight.register_loss("toy-zero")
+    def toy_zero() -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    try:
+        assert "toy-zero" in twinsight.list_losses()
+        with pytest.raises(TwinsightError, match="loss 'toy-zero' is already registered"):
+            twinsight.register_loss("toy-zero")(toy_zero)
+        assert isinstance(twinsight.create_loss("toy-zero"), torch.nn.Identity)
+    finally:
+        unregister_loss("toy-zero")
+    with pytest.raises(TwinsightError, match="unknown loss 'toy-zero'; valid names: contrastive"):
+        twinsight.create_loss("toy-zero")
+    with pytest.raises(TwinsightError, match="unknown encoder 'nope'"):
+        twinsight.create_encoder("nope")

@@ -46,11 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from twinsight.errors import TwinsightError
-
-#: name -> loss class or factory; filled by :func:`register_loss` (the only mutable state).
-_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+from twinsight.registry import Registry
 
 Factory = Callable[..., nn.Module]
+
+#: name -> loss class or factory; filled by :func:`register_loss` (the only mutable state).
+_LOSSES: Registry[Factory] = Registry("loss")
 
 
 def register_loss(name: str, *, replace: bool = False) -> Callable[[Factory], Factory]:
@@ -61,21 +62,14 @@ def register_loss(name: str, *, replace: bool = False) -> Callable[[Factory], Fa
     """
 
     def decorate(factory: Factory) -> Factory:
-        if name in _LOSSES and not replace:
-            raise TwinsightError(
-                f"loss '{name}' is already registered; pick another name or pass replace=True"
-            )
-        _LOSSES[name] = factory
-        return factory
+        return _LOSSES.add(name, factory, replace=replace)
 
     return decorate
 
 
 def unregister_loss(name: str) -> Factory:
     """Remove loss ``name`` from the registry and return it."""
-    if name not in _LOSSES:
-        raise TwinsightError(f"no loss '{name}' is registered; registered: {list_losses()}")
-    return _LOSSES.pop(name)
+    return _LOSSES.remove(name)
 
 
 def _checked(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> tuple:
@@ -405,14 +399,12 @@ class NTXentLoss(nn.Module):
 
 def list_losses() -> list[str]:
     """The registered loss names."""
-    return list(_LOSSES)
+    return _LOSSES.names()
 
 
 def loss_options(name: str) -> dict[str, Any]:
     """The options of loss ``name`` and their defaults."""
-    if name not in _LOSSES:
-        raise TwinsightError(f"unknown loss '{name}'; valid names: {', '.join(_LOSSES)}")
-    params = inspect.signature(_LOSSES[name]).parameters
+    params = inspect.signature(_LOSSES.get(name)).parameters
     return {k: p.default for k, p in params.items()}
 
 
@@ -429,4 +421,4 @@ def create_loss(name: str, **cfg: Any) -> nn.Module:
         raise TwinsightError(
             f"loss '{name}' has no option(s) {unknown}; its options are: {allowed}"
         )
-    return _LOSSES[name](**cfg)
+    return _LOSSES.get(name)(**cfg)

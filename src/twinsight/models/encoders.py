@@ -42,6 +42,7 @@ from torch import nn
 
 from twinsight.data.transforms import Preprocessing
 from twinsight.errors import TwinsightError
+from twinsight.registry import Registry
 from twinsight.validation import check_positive_int
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class EncoderEntry:
         return "weights" in inspect.signature(self.builder).parameters
 
 
-_REGISTRY: dict[str, EncoderEntry] = {}
+_REGISTRY: Registry[EncoderEntry] = Registry("encoder")
 
 
 def _json_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -167,12 +168,8 @@ def register_encoder(
     defaults = _json_config(default_config or {}, f"encoder '{name}' default_config")
 
     def decorate(builder: Builder) -> Builder:
-        if name in _REGISTRY and not replace:
-            raise TwinsightError(
-                f"encoder '{name}' is already registered; choose another name or pass replace=True"
-            )
         _check_builder(name, builder, list(defaults))
-        _REGISTRY[name] = EncoderEntry(name, builder, defaults)
+        _REGISTRY.add(name, EncoderEntry(name, builder, defaults), replace=replace)
         return builder
 
     return decorate
@@ -180,14 +177,12 @@ def register_encoder(
 
 def unregister_encoder(name: str) -> EncoderEntry:
     """Remove ``name`` from the registry (tests and plugins clean up with it); returns its entry."""
-    if name not in _REGISTRY:
-        raise TwinsightError(f"encoder '{name}' is not registered; registered: {list_encoders()}")
-    return _REGISTRY.pop(name)
+    return _REGISTRY.remove(name)
 
 
 def list_encoders() -> list[str]:
     """The registered encoder names (``timm:<name>`` stands for any timm model)."""
-    return [*_REGISTRY, f"{TIMM_PREFIX}<name>"]
+    return [*_REGISTRY.names(), f"{TIMM_PREFIX}<name>"]
 
 
 def encoder_defaults(name: str) -> dict[str, Any]:
@@ -196,9 +191,7 @@ def encoder_defaults(name: str) -> dict[str, Any]:
 
 
 def _entry(name: str) -> EncoderEntry:
-    if name not in _REGISTRY:
-        raise TwinsightError(f"unknown encoder '{name}'; valid names: {', '.join(list_encoders())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name, valid=list_encoders())
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from twinsight.data.readers.common import (
     first_line,
 )
 from twinsight.errors import TwinsightError
+from twinsight.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class ReaderSpec:
 
 
 #: name -> reader; the only mutable state of the readers package.
-_READERS: dict[str, ReaderSpec] = {}
+_READERS: Registry[ReaderSpec] = Registry("reader")
 
 
 def register_reader(
@@ -160,17 +161,9 @@ def register_reader(
     line of the opener's docstring) is what :func:`describe_readers` shows.
     Registering a taken name raises unless ``replace`` is set.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise TwinsightError(f"a reader needs a non-empty name, got {name!r}")
 
     def decorate(opener: Opener) -> Opener:
-        if name in _READERS and not replace:
-            raise TwinsightError(
-                f"reader '{name}' is already registered ({_READERS[name].description}); "
-                "pick another name, or pass replace=True"
-            )
-        _READERS.pop(name, None)
-        _READERS[name] = ReaderSpec(
+        spec = ReaderSpec(
             name=name,
             open=opener,
             sniff=sniff,
@@ -178,6 +171,7 @@ def register_reader(
             description=description or _first_doc_line(opener),
             takes=_option_names(opener),
         )
+        _READERS.add(name, spec, replace=replace)
         return opener
 
     return decorate
@@ -185,9 +179,7 @@ def register_reader(
 
 def unregister_reader(name: str) -> ReaderSpec:
     """Remove reader ``name`` from the registry and return it (to re-register it later)."""
-    if name not in _READERS:
-        raise TwinsightError(f"no reader '{name}' is registered; registered: {list_readers()}")
-    return _READERS.pop(name)
+    return _READERS.remove(name)
 
 
 def list_readers() -> list[str]:
@@ -204,12 +196,7 @@ def describe_readers() -> list[dict[str, Any]]:
 
 def get_reader(name: str) -> ReaderSpec:
     """The reader registered as ``name``; an unknown name raises listing the known ones."""
-    try:
-        return _READERS[name]
-    except KeyError:
-        raise TwinsightError(
-            f"unknown reader '{name}'; registered readers: {', '.join(list_readers())}"
-        ) from None
+    return _READERS.get(name, valid=list_readers())
 
 
 def find_reader(source: Source) -> ReaderSpec | None:
