@@ -49,9 +49,9 @@ _TMP = re.compile(r"^(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 _held: dict[Path, int] = {}  # lock paths this process holds -> nesting depth
 
 
-def disk_error(exc: OSError, path: str | os.PathLike | None = None) -> TwinsightError | None:
+def disk_error(exc: BaseException, path: str | os.PathLike | None = None) -> TwinsightError | None:
     """The one-line error for a write the machine refused; None for other OSErrors."""
-    code = getattr(exc, "errno", None)
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     if code not in _DISK_ADVICE:
         text = str(exc).lower()
         code = errno.ENOSPC if "no space left" in text or "disk full" in text else None
@@ -66,7 +66,7 @@ def disk_errors(path: str | os.PathLike) -> Iterator[None]:
     """Turn ENOSPC / EDQUOT / EROFS / EACCES raised inside into one TwinsightError line."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # C++ writers (FAISS) raise RuntimeError
         error = disk_error(exc, path)
         if error is None:
             raise
