@@ -663,7 +663,7 @@ def _read_faiss(path: Path):
     faiss = _faiss()
     try:
         return faiss.read_index(str(path))
-    except RuntimeError:
+    except (RuntimeError, MemoryError):  # a damaged size field makes FAISS allocate wildly
         raise TwinsightError(
             f"'{path}' is not a readable FAISS index (truncated or foreign); rebuild the index "
             "with `twinsight index`"
