@@ -551,3 +551,28 @@ def test_match_threshold_above_every_similarity_reports_the_real_best(run_cli, w
     res = run_cli("match", world["idx"], world["png"], "--threshold", "2")
     assert res.exit_code == 2 and one_line_error(res.stderr), res.stderr
     assert "-inf" not in res.stderr and "best similarity among the searched matches: " in res.stderr
+
+
+def test_full_disk_mid_training_keeps_the_checkpoints_for_resume(tmp_path, monkeypatch, caplog):
+    import twinsight.training.fitting as fitting
+    from twinsight.api import train
+    from twinsight.data.collection import Collection
+
+    real, calls = fitting.torch.save, {"n": 0}
+
+    def filling(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        return _enospc() if calls["n"] >= 3 else real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(fitting.torch, "save", filling)
+    rng = np.random.default_rng(0)
+    imgs = rng.random((32, 1, 12, 12)).astype("float32")
+    items = pd.DataFrame({"key": [f"k{i}" for i in range(32)], "label": ["a", "b"] * 16})
+    out = tmp_path / "run"
+    caplog.set_level("WARNING")
+    with pytest.raises(TwinsightError, match="disk is full"):
+        train(Collection.from_arrays(imgs, items, name="tiny"), out, encoder="small-cnn",
+              epochs=3, batch_size=16, progress=False, early_stopping=0)  # fmt: skip
+    last = partial_dir(out) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0 and "--resume" in caplog.text
+    assert not any(".tmp-" in p.name for p in last.parent.iterdir()) and not out.exists()

@@ -41,7 +41,13 @@ from twinsight.data.collection import Collection
 from twinsight.data.readers import open_collection
 from twinsight.data.transforms import preprocess
 from twinsight.errors import TwinsightError
-from twinsight.fsutil import disk_errors, output_lock, replace_dir, write_text_atomic
+from twinsight.fsutil import (
+    WriteRefusedError,
+    disk_errors,
+    output_lock,
+    replace_dir,
+    write_text_atomic,
+)
 from twinsight.index import SimilarityIndex
 from twinsight.inference import ParameterEstimate, Queries
 from twinsight.io import write_json
@@ -142,6 +148,12 @@ def _train_locked(
             callbacks=callbacks,
             prepared=prep,
         )
+    except WriteRefusedError:  # a full disk: what was trained so far is worth keeping
+        if main and _has_checkpoint(work):
+            log.warning("%s", interrupted_advice(out))
+        elif fresh and main:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     except TwinsightError:
         if fresh and main:
             shutil.rmtree(work, ignore_errors=True)

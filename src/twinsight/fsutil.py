@@ -35,6 +35,14 @@ from twinsight.errors import TwinsightError
 
 log = logging.getLogger(__name__)
 
+
+class WriteRefusedError(TwinsightError):
+    """The machine refused a write (full disk, quota, read-only, permission): not bad input.
+
+    Kept apart so that a training stopped by it keeps its checkpoints for ``--resume``.
+    """
+
+
 #: errno -> what to do about it, for the errors the machine gives when a write is refused.
 _DISK_ADVICE = {
     errno.ENOSPC: "the disk is full; free some space or write to another --out",
@@ -49,7 +57,9 @@ _TMP = re.compile(r"^(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 _held: dict[Path, int] = {}  # lock paths this process holds -> nesting depth
 
 
-def disk_error(exc: BaseException, path: str | os.PathLike | None = None) -> TwinsightError | None:
+def disk_error(
+    exc: BaseException, path: str | os.PathLike | None = None
+) -> WriteRefusedError | None:
     """The one-line error for a write the machine refused; None for other OSErrors."""
     code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     if code not in _DISK_ADVICE:
@@ -58,7 +68,7 @@ def disk_error(exc: BaseException, path: str | os.PathLike | None = None) -> Twi
         if code is None:
             return None
     where = path or getattr(exc, "filename", None) or "the output"
-    return TwinsightError(f"cannot write '{where}': {_DISK_ADVICE[code]}")
+    return WriteRefusedError(f"cannot write '{where}': {_DISK_ADVICE[code]}")
 
 
 @contextlib.contextmanager
