@@ -236,7 +236,8 @@ FULL_DISK_SCRIPT = """
 import sys
 from twinsight.cli import main
 for args in (["pack", sys.argv[1], sys.argv[2] + "/p.h5"],
-             ["simulate", sys.argv[2] + "/s.h5", "--systems", "20", "--size", "32"]):
+             ["simulate", sys.argv[2] + "/s.h5", "--systems", "6", "--projections", "4",
+              "--size", "32"]):
     try:
         main(args)
     except SystemExit as exc:
