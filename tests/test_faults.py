@@ -211,6 +211,28 @@ def test_full_disk_in_each_writer_is_one_line_exit_2(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.EDQUOT, "quota is exceeded"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_quota_read_only_and_permission_are_one_line_naming_the_path(
+    run_cli, world, tmp_path, monkeypatch, code, advice
+):
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    out = tmp_path / "idx"
+    res = run_cli("index", world["run"], world["data"], "--out", out)
+    assert res.exit_code == 2 and one_line_error(res.stderr), res.stderr
+    assert advice in res.stderr and "--out" in res.stderr and str(out) in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def _root_can_mount() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
 
@@ -360,7 +382,10 @@ def test_sigint_on_train_exits_130_and_says_how_to_continue(world, tmp_path):
     assert torch.load(last, weights_only=True)["epoch"] >= 0 and not out.exists()
 
 
-def test_sigterm_on_pack_exits_143_and_leaves_nothing(run_cli, world, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_on_pack_exits_128_plus_n_and_leaves_nothing(
+    run_cli, world, tmp_path, monkeypatch, signum, code
+):
     import twinsight.data.packed as packed
 
     real = packed.write_packed
@@ -368,7 +393,7 @@ def test_sigterm_on_pack_exits_143_and_leaves_nothing(run_cli, world, tmp_path, 
     def terminated_midway(path, items, batches, *args, **kwargs):
         def then_killed():
             yield from batches
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             yield np.zeros((0, SIZE, SIZE), np.float32)
 
         return real(path, items, then_killed(), *args, **kwargs)
@@ -376,7 +401,8 @@ def test_sigterm_on_pack_exits_143_and_leaves_nothing(run_cli, world, tmp_path, 
     monkeypatch.setattr(packed, "write_packed", terminated_midway)
     out = tmp_path / "out.h5"
     res = run_cli("pack", world["data"], out)
-    assert res.exit_code == 143 and "SIGTERM" in res.stderr and "Traceback" not in res.stderr
+    name = signal.Signals(signum).name
+    assert res.exit_code == code and name in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
