@@ -522,8 +522,11 @@ def _fits(path: Path, data: np.ndarray) -> Path:
 
 
 def test_non_finite_pixels_refused_when_mostly_blank_masked_and_counted_when_few(
-    run_cli, world, tmp_path
+    run_cli, world, tmp_path, monkeypatch
 ):
+    import twinsight.data.transforms as transforms
+
+    monkeypatch.setattr(transforms, "_masked_before", False)  # the process's first masking
     blank = _fits(tmp_path / "nan.fits", np.full((SIZE, SIZE), np.nan))
     res = run_cli("match", world["idx"], blank)
     assert res.exit_code == 2 and one_line_error(res.stderr) and "NaN" in res.stderr, res.stderr

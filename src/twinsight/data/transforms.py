@@ -92,6 +92,7 @@ def minmax_per_image(images: np.ndarray) -> np.ndarray:
 
 #: An image with more than this fraction of NaN/inf pixels is refused, not masked.
 MAX_NON_FINITE = 0.5
+_masked_before = False  # the first masking of a process is a warning, later ones debug
 
 
 def mask_non_finite(images: np.ndarray) -> np.ndarray:
@@ -112,7 +113,11 @@ def mask_non_finite(images: np.ndarray) -> np.ndarray:
     for i in np.flatnonzero(per_image > 0):
         finite = out[i][np.isfinite(out[i])]
         out[i][bad[i]] = finite.min() if finite.size else 0.0
-    log.warning(
+    global _masked_before
+    level = logging.DEBUG if _masked_before else logging.WARNING  # a training: once, not per batch
+    _masked_before = True
+    log.log(
+        level,
         "masked %d NaN/inf pixels in %d of %d images (set to each image's finite minimum)",
         int(bad.sum()), int((per_image > 0).sum()), len(images),
     )  # fmt: skip
