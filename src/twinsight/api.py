@@ -23,6 +23,7 @@ So RUN is either absent, or a complete run; never half-written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -40,7 +41,13 @@ from twinsight.data.collection import Collection
 from twinsight.data.readers import open_collection
 from twinsight.data.transforms import preprocess
 from twinsight.errors import TwinsightError
-from twinsight.fsutil import write_text_atomic
+from twinsight.fsutil import (
+    WriteRefusedError,
+    disk_errors,
+    output_lock,
+    replace_dir,
+    write_text_atomic,
+)
 from twinsight.index import SimilarityIndex
 from twinsight.inference import ParameterEstimate, Queries
 from twinsight.io import write_json
@@ -104,16 +111,31 @@ def train(
     """
     cfg = resolve_config(config, **overrides)
     out = Path(out)
+    main = _global_rank() == 0  # under DDP every rank runs this; only rank 0 writes files
+    lock = output_lock(out) if main else contextlib.nullcontext()
+    with lock:  # one writer per run: RUN and RUN.partial, from the check to the publishing
+        return _train_locked(data, out, cfg, resume, overwrite, callbacks, main)
+
+
+def _train_locked(
+    data: Any,
+    out: Path,
+    cfg: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    callbacks: Sequence[Any],
+    main: bool,
+) -> TrainResult:
     work = partial_dir(out)
     _check_run_paths(out, work, resume=resume, overwrite=overwrite)
     collection = data if isinstance(data, Collection) else open_collection(data)
     train_c, val_c = split_train_val(collection, cfg)
     prep = prepare(cfg, train_c, val_c)
     fresh = not resume
-    main = _global_rank() == 0  # under DDP every rank runs this; only rank 0 writes files
     if main and fresh and work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    with disk_errors(work):
+        work.mkdir(parents=True, exist_ok=True)
     try:
         if main:
             write_text_atomic(work / "config.yaml", config_to_yaml(cfg))
@@ -126,12 +148,19 @@ def train(
             callbacks=callbacks,
             prepared=prep,
         )
+    except WriteRefusedError:  # a full disk: what was trained so far is worth keeping
+        if main and _has_checkpoint(work):
+            log.warning("%s", interrupted_advice(out))
+        elif fresh and main:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     except TwinsightError:
         if fresh and main:
             shutil.rmtree(work, ignore_errors=True)
         raise
     except BaseException:
-        log.warning("training stopped; continue it with --resume (checkpoints in %s)", work)
+        if main:
+            log.warning("%s", interrupted_advice(out))
         raise
     if not main:
         return TrainResult(out, bundle, metrics)
@@ -139,10 +168,45 @@ def train(
     from twinsight.inference import calibrate_for_inference
 
     calibrate_for_inference(bundle, train_c, val_c)
-    _write_outputs(work, bundle, metrics, val_c, prep)
-    _publish(work, out)
+    metrics = _published_paths(metrics, work, out)
+    with disk_errors(work):
+        _write_outputs(work, bundle, metrics, val_c, prep)
+    _publish(work, out, overwrite=overwrite)
     log.info("run written to %s", out)
     return TrainResult(out, bundle, metrics)
+
+
+def _has_checkpoint(work: Path) -> bool:
+    from twinsight.training.fitting import LAST_CHECKPOINT
+
+    return (work / "checkpoints" / LAST_CHECKPOINT).is_file()
+
+
+def interrupted_advice(out: str | os.PathLike) -> str:
+    """What an interrupted training kept and how to go on, the same wherever it is said."""
+    out = Path(out)
+    work = partial_dir(out)
+    if _has_checkpoint(work):
+        return (
+            f"training stopped; the run so far is kept in '{work}' (checkpoints/last.ckpt); "
+            "continue it with --resume"
+        )
+    return (
+        f"training stopped before its first checkpoint; nothing to resume in '{work}'; "
+        "run the same command again (without --resume) to start over"
+    )
+
+
+def _published_paths(metrics: dict[str, Any], work: Path, out: Path) -> dict[str, Any]:
+    """Metrics whose paths point into the published RUN rather than RUN.partial."""
+    best = metrics.get("best_checkpoint")
+    if best:
+        try:
+            relative = Path(best).resolve().relative_to(work.resolve())
+        except ValueError:
+            return metrics
+        metrics = {**metrics, "best_checkpoint": str(out / relative)}
+    return metrics
 
 
 def _global_rank() -> int:
@@ -162,11 +226,19 @@ def _check_run_paths(out: Path, work: Path, *, resume: bool, overwrite: bool) ->
                 f"--resume: there is no interrupted run '{work}' to continue ({hint}); "
                 "start a new run without --resume"
             )
+        if not _has_checkpoint(work):
+            raise TwinsightError(
+                f"--resume: the interrupted run '{work}' stopped before its first checkpoint, "
+                "so there is nothing to continue; run the same command without --resume"
+            )
         return
     if out.exists() and not overwrite:
         raise TwinsightError(
             f"output path '{out}' already exists; choose another --out or pass --overwrite"
         )
+    if work.exists() and not overwrite and not _has_checkpoint(work):
+        log.info("removing '%s': an interrupted run with no checkpoint to resume from", work)
+        shutil.rmtree(work, ignore_errors=True)
     if work.exists() and not overwrite:
         raise TwinsightError(
             f"an interrupted run is in '{work}'; continue it with --resume, or start over "
@@ -174,15 +246,19 @@ def _check_run_paths(out: Path, work: Path, *, resume: bool, overwrite: bool) ->
         )
 
 
-def _publish(work: Path, out: Path) -> None:
-    """Rename the finished RUN.partial to RUN (replacing an old RUN only now)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
+def _publish(work: Path, out: Path, *, overwrite: bool = False) -> None:
+    """Rename the finished RUN.partial to RUN, under the run's lock.
+
+    RUN is checked again now: it is replaced only when ``overwrite`` was given at the
+    start; a RUN that appeared meanwhile is kept, and so is the finished RUN.partial.
+    """
+    if out.exists() and not overwrite:
+        raise TwinsightError(
+            f"'{out}' appeared while this run trained; it was kept, and this run is complete "
+            f"in '{work}'; move one of them, or train again with --overwrite"
+        )
+    with disk_errors(out):
+        replace_dir(work, out)
 
 
 def _write_outputs(
@@ -243,21 +319,23 @@ def simulate(
     ``val_fraction`` / ``test_fraction``), any other path a folder of seed-000 HDF5
     files; without ``out`` the set is simulated in memory.
     """
+    from twinsight.fsutil import output_lock
     from twinsight.simulator import simulate_collection, write_simulation
 
     if out is None:
         return simulate_collection(n_systems, n_projections, size, seed)
-    path = write_simulation(
-        out,
-        n_systems,
-        n_projections,
-        size,
-        seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    with output_lock(out):  # one writer per output, from the first check to the rename
+        path = write_simulation(
+            out,
+            n_systems,
+            n_projections,
+            size,
+            seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            overwrite=overwrite,
+            progress=progress,
+        )
     return open_collection(path)
 
 
@@ -600,9 +678,10 @@ def pack(
     midway leaves no partial file. Returns the packed collection.
     """
     from twinsight.data.readers import pack_collection
-    from twinsight.fsutil import check_output_path
+    from twinsight.fsutil import check_output_path, output_lock
 
-    check_output_path(out, overwrite)  # refuse early, before scanning a large source
-    collection = open_collection(source, image_size=image_size, hdu=hdu)
-    path = pack_collection(collection, out, overwrite=overwrite, batch_size=batch_size)
+    with output_lock(out):  # one writer: a second pack to the same OUT is refused now
+        check_output_path(out, overwrite)  # refuse early, before scanning a large source
+        collection = open_collection(source, image_size=image_size, hdu=hdu)
+        path = pack_collection(collection, out, overwrite=overwrite, batch_size=batch_size)
     return open_collection(path)

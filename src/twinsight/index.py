@@ -575,9 +575,63 @@ class SimilarityIndex:
                 f"index '{path}' is inconsistent: {index.ntotal} vectors, {len(items)} items rows, "
                 f"index.json says {meta.get('count')}; rebuild it with `twinsight index`"
             )
+        if int(index.d) != int(meta["dim"]):
+            raise TwinsightError(
+                f"index '{path}' is inconsistent: index.faiss holds {index.d}-dimensional "
+                f"vectors, index.json field 'dim' says {meta['dim']}; rebuild it with "
+                "`twinsight index`"
+            )
         meta["model_path"] = _resolve_model_path(meta, path)
         meta.pop("model_path_absolute", None)
         return cls(index, items, meta)
+
+
+def _index_meta_model() -> type:
+    """The pydantic model of index.json: every field a search relies on, typed."""
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    Count = Annotated[int, Field(strict=True, ge=0)]
+    Positive = Annotated[int, Field(strict=True, ge=1)]
+
+    class IndexMeta(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        format: Literal["twinsight-index"]
+        version: Annotated[int, Field(strict=True, ge=1)]
+        model_fingerprint: str
+        model_path: str | None = None
+        count: Count
+        dim: Positive
+        metric: Literal["inner_product"] = "inner_product"
+        nprobe: Positive | None = None
+        ef_search: Positive | None = None
+        param_columns: list[str] = []
+        normalizer: dict[str, Any] | None = None
+        units: dict[str, Any] = {}
+
+    return IndexMeta
+
+
+def validation_message(exc: Any) -> str:
+    """The first problem of a pydantic ValidationError, naming the field: 'a.b: msg (got x)'."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    got = repr(first.get("input"))
+    got = got if len(got) <= 40 else got[:37] + "..."
+    return f"field '{field}': {first.get('msg', 'invalid')} (got {got})"
+
+
+def _validate_meta(path: Path, meta: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    try:
+        _index_meta_model().model_validate(meta)
+    except ValidationError as exc:
+        raise TwinsightError(
+            f"'{path}' is damaged: {validation_message(exc)}; rebuild the index with "
+            "`twinsight index`"
+        ) from None
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -591,11 +645,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise TwinsightError(
             f"'{path}' is not a twinsight index description (format should be '{FORMAT}')"
         )
-    if int(meta.get("version", 0)) > VERSION:
+    version = meta.get("version", 0)
+    if isinstance(version, int) and version > VERSION:
         raise TwinsightError(
             f"'{path}' has index format version {meta.get('version')}; this twinsight reads "
             f"up to {VERSION}: upgrade twinsight"
         )
+    _validate_meta(path, meta)
     return meta
 
 
@@ -603,7 +659,7 @@ def _read_faiss(path: Path):
     faiss = _faiss()
     try:
         return faiss.read_index(str(path))
-    except RuntimeError:
+    except (RuntimeError, MemoryError):  # a damaged size field makes FAISS allocate wildly
         raise TwinsightError(
             f"'{path}' is not a readable FAISS index (truncated or foreign); rebuild the index "
             "with `twinsight index`"

@@ -6,9 +6,12 @@ Typer ``app``; :func:`main` turns user errors into one line and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
 
 import typer
 from rich.text import Text
@@ -34,9 +37,21 @@ def _root(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail."),
+    max_pixels: int | None = typer.Option(
+        None,
+        "--max-pixels",
+        min=1,
+        help="Largest image (in pixels) read without refusing it as a decompression bomb "
+        "(default: Pillow's, about 89 million).",
+    ),
 ) -> None:
     """Learn image similarity with Siamese networks: search, verify, best-match parameters."""
     from rich.logging import RichHandler
+
+    if max_pixels is not None:
+        from twinsight.data.readers.imagefiles import set_max_pixels
+
+        set_max_pixels(max_pixels)
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -80,15 +95,72 @@ def _process_settings() -> None:
     matplotlib.use("Agg")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised so that every ``finally`` and temporary cleanup runs.
+
+    Not KeyboardInterrupt: click turns that into exit 1 ("Aborted!"), and Lightning
+    catches it, shuts down and exits 1 itself; this one unwinds to :func:`main`.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM unwind the stack (temp files removed)."""
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {s: signal.signal(s, _raise_interrupted) for s in wanted}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _error(message: str) -> None:
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+
+
+_KEPT = (
+    "unfinished outputs were removed and earlier ones are unchanged (a training keeps "
+    "RUN.partial: continue it with --resume); run the same command again to finish"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; exits 2 on a user error, without a traceback.
 
     Typer's standalone mode handles usage errors (exit 2), ``--help`` and
-    ``Exit``; a :class:`TwinsightError` raised by the library becomes one line.
+    ``Exit``; a :class:`TwinsightError` raised by the library becomes one line. So does
+    a write the machine refused (a full disk, a read-only file system: exit 2). SIGINT
+    and SIGTERM exit with 130 and 143 after one line saying what was kept.
     """
     _process_settings()
     try:
-        app(args=argv, prog_name="twinsight")
+        with _signals_unwind():
+            app(args=argv, prog_name="twinsight")
     except TwinsightError as exc:
-        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
+        _error(str(exc))
         sys.exit(2)
+    except OSError as exc:
+        from twinsight.fsutil import disk_error
+
+        refused = disk_error(exc)
+        if refused is None:
+            raise
+        _error(str(refused))
+        sys.exit(2)
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        _error(f"interrupted ({name}); {_KEPT}")
+        sys.exit(128 + exc.signum)

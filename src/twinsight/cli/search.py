@@ -50,14 +50,15 @@ def index_cmd(
 ) -> None:
     """Embed a collection with a trained model and write a FAISS index folder."""
     from twinsight.api import build_index
-    from twinsight.fsutil import check_output_path
+    from twinsight.fsutil import check_output_path, output_lock
 
-    check_output_path(out, overwrite)
-    index = build_index(
-        run, data, index_type=index_type, batch_size=batch_size, shard=shard, nprobe=nprobe,
-        ef_search=ef_search, progress=not as_json,
-    )  # fmt: skip
-    index.save(out, overwrite=overwrite)
+    with output_lock(out):  # one writer per index folder, from the check to the rename
+        check_output_path(out, overwrite)
+        index = build_index(
+            run, data, index_type=index_type, batch_size=batch_size, shard=shard, nprobe=nprobe,
+            ef_search=ef_search, progress=not as_json,
+        )  # fmt: skip
+        index.save(out, overwrite=overwrite)
     if as_json:
         print_json(index.to_dict() | {"path": str(out)})
         return
@@ -79,11 +80,12 @@ def index_merge_cmd(
 ) -> None:
     """Join index shards built with the same model into one index."""
     from twinsight.api import merge_indexes
-    from twinsight.fsutil import check_output_path
+    from twinsight.fsutil import check_output_path, output_lock
 
-    check_output_path(out, overwrite)
-    merged = merge_indexes(shards, index_type=index_type)
-    merged.save(out, overwrite=overwrite)
+    with output_lock(out):
+        check_output_path(out, overwrite)
+        merged = merge_indexes(shards, index_type=index_type)
+        merged.save(out, overwrite=overwrite)
     if as_json:
         print_json(merged.to_dict() | {"path": str(out)})
         return

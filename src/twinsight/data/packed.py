@@ -12,9 +12,12 @@ two orders of magnitude faster than opening one file per image.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,95 @@ from twinsight.validation import check_positive_int
 FORMAT = "twinsight-packed"
 VERSION = 1
 CHUNK_IMAGES = 64
+
+
+class _DiskFullSafeFile(io.RawIOBase):
+    """A file for h5py's ``fileobj`` driver that never lets HDF5 see a failed write.
+
+    Why: when a write of HDF5's own (a chunk flush, the metadata at close) fails on a
+    full disk, HDF5 keeps the file open half-closed and flushes it again when Python
+    exits, which segfaults (exit 139). Here the first refused write is remembered and
+    every later write is dropped, so HDF5 closes cleanly; :func:`h5_create` then raises
+    the remembered error and the temporary file is removed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return os.readv(self._fd, [buffer])
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                self.error = exc
+        if done < len(view):
+            os.lseek(self._fd, len(view) - done, os.SEEK_CUR)
+        return len(view)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return os.lseek(self._fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.tell() if size is None else size
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            self.error = self.error or exc
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.error = self.error or exc
+            os.close(self._fd)
+        super().close()
+
+    def check(self) -> None:
+        """Raise the first write the machine refused, if any."""
+        if self.error is not None:
+            raise self.error
+
+
+@contextlib.contextmanager
+def h5_create(path: str | Path) -> Iterator[tuple[h5py.File, _DiskFullSafeFile]]:
+    """A new HDF5 file at ``path`` that fails cleanly (an OSError, no segfault) on a full disk.
+
+    Call ``safe.check()`` between large writes to stop early once the disk is full.
+    """
+    safe = _DiskFullSafeFile(Path(path))
+    try:
+        f = h5py.File(safe, "w")
+        try:
+            yield f, safe
+        finally:
+            f.close()
+    finally:
+        safe.close()
+    safe.check()
 
 
 def _column_to_h5(values: pd.Series) -> np.ndarray:
@@ -59,7 +151,7 @@ def write_packed(
     if len(shape) == 3 and shape[0] == 1:
         shape = shape[1:]
     with atomic_file(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_create(tmp) as (f, safe):
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["columns"] = json.dumps(list(items.columns))
@@ -83,6 +175,7 @@ def write_packed(
                     )
                 ds[pos : pos + len(batch)] = batch
                 pos += len(batch)
+                safe.check()
             if pos != n:
                 raise TwinsightError(
                     f"packing '{path}': got {pos} images for {n} rows of the items table"
@@ -97,12 +190,25 @@ def write_packed(
 
 
 def is_packed(path: str | Path) -> bool:
-    """True when ``path`` is an HDF5 file written by :func:`write_packed`."""
+    """True when ``path`` is an HDF5 file written by :func:`write_packed`.
+
+    A file with HDF5's signature that cannot be opened (cut short, damaged) counts too,
+    so that :func:`read_packed` can say what is wrong with it.
+    """
     path = Path(path)
     if not path.is_file() or not h5py.is_hdf5(path):
         return False
-    with h5py.File(path, "r") as f:
-        return f.attrs.get("format") == FORMAT
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - an HDF5 signature on an unreadable file
+        return True
+
+
+def _bad(path: Path, what: str) -> TwinsightError:
+    return TwinsightError(
+        f"packed file '{path}' is damaged: {what}; write it again with `twinsight pack`"
+    )
 
 
 class _PackedLoader:
@@ -116,6 +222,12 @@ class _PackedLoader:
         return {"path": self.path, "_file": None}
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        try:
+            return self._read(rows)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise _bad(self.path, f"its images cannot be read ({exc})") from None
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
         if self._file is None:
             self._file = h5py.File(self.path, "r")
         ds = self._file["images"]
@@ -132,33 +244,29 @@ class _PackedLoader:
 
 
 def read_packed(path: str | Path) -> Collection:
-    """Open a packed file as a streaming :class:`Collection`."""
+    """Open a packed file as a streaming :class:`Collection`, validated first.
+
+    Checked when opened: the format and its version, the attributes, that ``images`` is
+    a 3-D or 4-D float dataset with one row per row of the items table, that each column
+    exists with that many rows, and that the first and last image chunks can be read
+    (a file cut short fails here, in one line, not midway through a training).
+    """
     path = Path(path)
     if not path.exists():
         raise TwinsightError(f"packed file '{path}' does not exist")
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, sometimes others
         raise TwinsightError(
             f"'{path}' is not a readable HDF5 file ({exc}); it may be truncated"
         ) from None
-    with f:
-        if f.attrs.get("format") != FORMAT or "images" not in f or "items" not in f:
-            raise TwinsightError(
-                f"'{path}' is an HDF5 file but not a twinsight packed file "
-                "(no 'images' dataset and 'items' group); create one with `twinsight pack`"
-            )
-        columns = json.loads(f.attrs["columns"])
-        param_columns = json.loads(f.attrs.get("param_columns", "[]"))
-        meta = json.loads(f.attrs.get("meta", "{}"))
-        data = {}
-        for column in columns:
-            values = f["items"][column][()]
-            if values.dtype == object:
-                values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-            data[column] = values
-        items = pd.DataFrame(data, columns=columns)
-        shape = f["images"].shape
+    try:
+        with f:
+            items, shape, param_columns, meta = _read_validated(f, path)
+    except TwinsightError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any damage inside the file
+        raise _bad(path, f"{type(exc).__name__}: {exc}") from None
     image_shape = (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])
     meta.setdefault("path", str(path))
     return Collection(
@@ -169,6 +277,65 @@ def read_packed(path: str | Path) -> Collection:
         param_columns=param_columns,
         meta=meta,
     )
+
+
+def _json_attr(f: h5py.File, path: Path, name: str, default: str, kind: type) -> Any:
+    raw = f.attrs.get(name, default)
+    try:
+        value = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        raise _bad(path, f"attribute '{name}' is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise _bad(path, f"attribute '{name}' should be a JSON {kind.__name__}")
+    return value
+
+
+def _read_validated(
+    f: h5py.File, path: Path
+) -> tuple[pd.DataFrame, tuple[int, ...], list[str], dict[str, Any]]:
+    if f.attrs.get("format") != FORMAT or "images" not in f or "items" not in f:
+        raise TwinsightError(
+            f"'{path}' is an HDF5 file but not a twinsight packed file "
+            "(no 'images' dataset and 'items' group); create one with `twinsight pack`"
+        )
+    version = f.attrs.get("version")
+    if version is None or int(version) != VERSION:
+        raise TwinsightError(
+            f"packed file '{path}' has format version {version}; this twinsight reads "
+            f"version {VERSION}; pack the source again with this version"
+        )
+    columns = _json_attr(f, path, "columns", "[]", list)
+    param_columns = _json_attr(f, path, "param_columns", "[]", list)
+    meta = _json_attr(f, path, "meta", "{}", dict)
+    images = f["images"]
+    if not isinstance(images, h5py.Dataset) or images.ndim not in (3, 4):
+        raise _bad(path, "'images' should be an [N, H, W] or [N, C, H, W] dataset")
+    if images.dtype.kind not in "fiu" or min(images.shape[1:], default=0) < 1:
+        raise _bad(path, f"'images' has dtype {images.dtype} and shape {images.shape}")
+    n = int(images.shape[0])
+    data = {column: _read_column(f, path, str(column), n) for column in columns}
+    missing = [c for c in param_columns if c not in data]
+    if missing:
+        raise _bad(path, f"parameter columns {missing} are not in the items table")
+    if n:
+        for row in {0, n - 1}:  # the first and the last chunk: a cut file fails here
+            images[row]
+    return pd.DataFrame(data, columns=columns), tuple(images.shape), param_columns, meta
+
+
+def _read_column(f: h5py.File, path: Path, column: str, n: int) -> Any:
+    if column not in f["items"] or not isinstance(f["items"][column], h5py.Dataset):
+        raise _bad(path, f"the items table has no column '{column}'")
+    values = f["items"][column][()]
+    if np.ndim(values) != 1 or len(values) != n:
+        raise _bad(
+            path,
+            f"'images' has {n} rows but the items column '{column}' has "
+            f"{len(values) if np.ndim(values) == 1 else np.shape(values)}",
+        )
+    if values.dtype == object:
+        values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+    return values
 
 
 def _json_safe(value: Any) -> Any:

@@ -6,6 +6,7 @@ size or channel count is brought to what the encoder was trained on.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +16,8 @@ from PIL import Image
 from twinsight.errors import TwinsightError
 
 Normalize = Literal["minmax", "standardize", "none"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,40 @@ def minmax_per_image(images: np.ndarray) -> np.ndarray:
     return ((images - lo.reshape(shape)) / span.reshape(shape)).astype(np.float32)
 
 
+#: An image with more than this fraction of NaN/inf pixels is refused, not masked.
+MAX_NON_FINITE = 0.5
+_masked_before = False  # the first masking of a process is a warning, later ones debug
+
+
+def mask_non_finite(images: np.ndarray) -> np.ndarray:
+    """Replace a few NaN/inf pixels (FITS blanking) by each image's finite minimum, logged.
+
+    An image that is entirely or mostly non-finite carries no picture to match and is
+    refused: matching it would give a confident answer about nothing.
+    """
+    bad = ~np.isfinite(images)
+    per_image = bad.reshape(len(images), -1).mean(axis=1)
+    worst = int(np.argmax(per_image))
+    if per_image[worst] > MAX_NON_FINITE:
+        raise TwinsightError(
+            f"image {worst} of {len(images)} is {per_image[worst]:.0%} NaN/inf pixels; "
+            "there is nothing to compare: check the file or its blank/mask values"
+        )
+    out = images.copy()
+    for i in np.flatnonzero(per_image > 0):
+        finite = out[i][np.isfinite(out[i])]
+        out[i][bad[i]] = finite.min() if finite.size else 0.0
+    global _masked_before
+    level = logging.DEBUG if _masked_before else logging.WARNING  # a training: once, not per batch
+    _masked_before = True
+    log.log(
+        level,
+        "masked %d NaN/inf pixels in %d of %d images (set to each image's finite minimum)",
+        int(bad.sum()), int((per_image > 0).sum()), len(images),
+    )  # fmt: skip
+    return out
+
+
 def preprocess(images: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """Bring images [N, C, H, W] (or one [C, H, W] / [H, W]) to the model's input."""
     images = np.asarray(images, dtype=np.float32)
@@ -97,7 +134,7 @@ def preprocess(images: np.ndarray, spec: Preprocessing) -> np.ndarray:
     if images.ndim != 4:
         raise TwinsightError(f"expected images [N, C, H, W], got shape {images.shape}")
     if not np.isfinite(images).all():
-        images = np.nan_to_num(images, nan=0.0, posinf=0.0, neginf=0.0)
+        images = mask_non_finite(images)
     images = convert_channels(images, spec.channels)
     images = resize_images(images, tuple(spec.size))
     if spec.normalize == "minmax":

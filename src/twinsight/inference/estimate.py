@@ -165,10 +165,12 @@ def _select(
     k = top if top is not None else min(len(index), 10_000)
     sims, pos = index.search_excluding(queries, k, exclude)
     if threshold is not None:
+        searched = sims
         sims = np.where(sims >= threshold, sims, -np.inf)
         n_ok = np.isfinite(sims).sum(axis=1)
-        if (n_ok == 0).any():
-            best = float(np.max(np.where(np.isfinite(sims), sims, -np.inf), initial=-np.inf))
+        if (n_ok == 0).any():  # the best among the searched matches, before thresholding
+            finite = np.where(np.isfinite(searched), searched, -np.inf)
+            best = float(np.max(finite, initial=-np.inf))
             raise TwinsightError(
                 f"no match reaches the similarity threshold {threshold} for at least one query "
                 f"(best similarity among the searched matches: {best:.3f}); lower --threshold "

@@ -259,7 +259,76 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             raise TwinsightError(f"model '{folder}': {META_FILE} lacks the '{key}' section")
     if not isinstance(meta["encoder"].get("name"), str):
         raise TwinsightError(f"model '{folder}': {META_FILE} lacks encoder.name")
+    _validate_meta(folder, meta)
     return meta
+
+
+def _bundle_meta_model() -> type:
+    """The pydantic model of twinsight.json: the fields loading and inference rely on."""
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+    Side = Annotated[int, Field(strict=True, ge=1, le=16384)]
+    Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+    class Encoder(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        name: str
+        config: dict[str, Any] = {}
+
+    class PreprocessingMeta(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        size: tuple[Side, Side]
+        channels: Literal[1, 3]
+        normalize: Literal["minmax", "standardize", "none"] = "minmax"
+        mean: list[Number] = []
+        std: list[Number] = []
+
+        @model_validator(mode="after")
+        def _statistics(self) -> PreprocessingMeta:
+            if self.normalize == "standardize" and not (
+                len(self.mean) == len(self.std) == self.channels
+            ):
+                raise ValueError(
+                    f"standardize needs {self.channels} mean and std values, got "
+                    f"{len(self.mean)} and {len(self.std)}"
+                )
+            return self
+
+    class Calibration(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        scale: Number | None = None
+        bias: Number | None = None
+        threshold: Number | None = None
+
+    class BundleMeta(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        encoder: Encoder
+        preprocessing: PreprocessingMeta
+        calibration: Calibration | None = None
+        targets: dict[str, Any] | None = None
+        matching: dict[str, Any] | None = None
+        training: dict[str, Any] | None = None
+
+    return BundleMeta
+
+
+def _validate_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Refuse a hand-edited or damaged twinsight.json in one line naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        _bundle_meta_model().model_validate(meta)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+        got = repr(first.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        raise TwinsightError(
+            f"model '{folder}': {META_FILE} field '{field}': {first.get('msg', 'invalid')} "
+            f"(got {got}); fix the field or train the model again"
+        ) from None
 
 
 def _rebuild_encoder(folder: Path, meta: dict[str, Any]) -> nn.Module:

@@ -13,12 +13,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from twinsight.data.collection import Collection
-from twinsight.data.packed import write_packed
+from twinsight.data.packed import h5_create, write_packed
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_dir, check_output_path
 from twinsight.progress import track
@@ -133,7 +132,7 @@ def _write_system_file(
     index: int,
     seed: int,
 ) -> None:
-    with h5py.File(path, "w") as f:
+    with h5_create(path) as (f, _):  # a full disk: one clean error, no segfault
         f.attrs["system"] = row["system"]
         f.attrs["index"] = int(index)
         f.attrs["seed"] = int(seed)

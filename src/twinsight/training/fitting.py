@@ -11,6 +11,7 @@ per-epoch metrics.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,6 +34,72 @@ from twinsight.training.module import SiameseModule
 from twinsight.training.preparation import Prepared, prepare
 
 LAST_CHECKPOINT = "last.ckpt"
+METRICS_CSV = Path("logs") / "metrics.csv"
+
+
+def _atomic_checkpoint_io() -> Any:
+    """A CheckpointIO whose checkpoints are atomic on their own file system.
+
+    Why: Lightning writes into a temporary file elsewhere and moves it into place, which
+    across file systems is a copy into ``last.ckpt`` itself; a kill or a full disk then
+    leaves a 0-byte ``last.ckpt`` and nothing to resume from. Here the bytes go to
+    ``NAME.tmp-PID`` beside the target, are fsynced, then ``os.replace`` it: the previous
+    checkpoint survives any kill. A stale ``.tmp-PID`` of a dead process is removed by the
+    next save (:func:`twinsight.fsutil.clean_stale`).
+    """
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(
+            self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+        ) -> None:
+            if storage_options is not None:
+                raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+            save_checkpoint_atomic(checkpoint, Path(path))
+
+    return AtomicCheckpointIO()
+
+
+def save_checkpoint_atomic(checkpoint: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to ``path`` through a fsynced temporary file beside it."""
+    from twinsight.fsutil import clean_stale, disk_errors
+
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _previous_metrics(work: Path) -> str | None:
+    """The CSV logger's rows so far (read before a resumed fit, which rewrites the file)."""
+    path = work / METRICS_CSV
+    return path.read_text() if path.is_file() else None
+
+
+def _merge_metrics(work: Path, previous: str | None) -> None:
+    """Put the epochs logged before a resume back in front of the resumed run's rows."""
+    import io
+
+    import pandas as pd
+
+    from twinsight.fsutil import write_text_atomic
+
+    path = work / METRICS_CSV
+    if not previous or not path.is_file():
+        return
+    old, new = pd.read_csv(io.StringIO(previous)), pd.read_csv(path)
+    if "epoch" in old and "epoch" in new and new["epoch"].notna().any():
+        old = old[old["epoch"] < new["epoch"].min()]
+    write_text_atomic(path, pd.concat([old, new], ignore_index=True).to_csv(index=False))
 
 
 def fit(
@@ -77,9 +144,12 @@ def _fit_prepared(
     trainer, checkpoint = build_trainer(cfg, work, callbacks, len(prep.sampler))
     train_loader, val_loader = loaders(prep, trainer)
     module.train_batches = train_loader.batch_sampler
+    previous = _previous_metrics(work) if resume else None
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
+    if trainer.global_rank == 0:
+        _merge_metrics(work, previous)
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     if best_path and best_path.is_file():
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -184,6 +254,7 @@ def build_trainer(
         use_distributed_sampler=False,
         log_every_n_steps=max(1, min(50, n_batches)),
         default_root_dir=work,
+        plugins=[_atomic_checkpoint_io()],
     )
     return trainer, checkpoint
 

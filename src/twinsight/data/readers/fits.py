@@ -16,7 +16,9 @@ for ``.fits`` images.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ def fits_open(path: Path) -> Any:
 
     try:
         return fits.open(path, memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged header raises VerifyError, KeyError, ...
         raise TwinsightError(
             f"cannot read FITS file '{path}' ({first_line(exc)}); it may be truncated or not FITS"
         ) from None
@@ -107,9 +109,23 @@ def _squeeze_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
     )
 
 
+@contextlib.contextmanager
+def _damage_is_one_line(path: Path) -> Iterator[None]:
+    """Any exception astropy raises on a damaged file becomes one TwinsightError line."""
+    try:
+        yield
+    except TwinsightError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile files make astropy raise many types
+        raise TwinsightError(
+            f"FITS file '{path}' is damaged ({type(exc).__name__}: {first_line(exc)}); "
+            "replace the file"
+        ) from None
+
+
 def fits_image_shape(path: Path, hdu: int | str | None) -> tuple[int, ...]:
     """The image's shape, ``(H, W)`` or ``(3, H, W)``, from the header only."""
-    with fits_open(path) as hdul:
+    with _damage_is_one_line(path), fits_open(path) as hdul:
         h = pick_hdu(hdul, path, hdu)
         naxis = int(h.header["NAXIS"])
         shape = tuple(int(h.header[f"NAXIS{j}"]) for j in range(naxis, 0, -1))
@@ -118,11 +134,11 @@ def fits_image_shape(path: Path, hdu: int | str | None) -> tuple[int, ...]:
 
 def read_fits_array(path: Path, hdu: int | str | None) -> np.ndarray:
     """The image as float32 ``[C, H, W]``, raw values (no scaling)."""
-    with fits_open(path) as hdul:
+    with _damage_is_one_line(path), fits_open(path) as hdul:
         h = pick_hdu(hdul, path, hdu)
         try:
             data = np.asarray(h.data, dtype=np.float32)
-        except (OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - hostile files make astropy raise many types
             raise TwinsightError(
                 f"cannot read the image data of FITS file '{path}' ({first_line(exc)}); "
                 "it may be truncated"
@@ -206,6 +222,21 @@ def _bare_simulator_parameters(cards: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _header_of(path: Path, hdul: Any, hdu: int | str | None) -> tuple[dict[str, Any], str]:
+    """The primary and chosen HDU's cards; a damaged header is one line naming the file."""
+    try:
+        chosen = pick_hdu(hdul, path, hdu)
+        cards = header_cards(hdul[0].header)
+        cards.update(header_cards(chosen.header))
+        return cards, chosen.name
+    except TwinsightError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - astropy parses cards lazily, raising many types
+        raise TwinsightError(
+            f"FITS file '{path}' has a damaged header ({first_line(exc)}); replace the file"
+        ) from None
+
+
 # ----------------------------------------------------------------------------- the reader
 def _sniff(source: Source) -> bool:
     return source.is_file and source.has_suffix(FITS_EXTENSIONS)
@@ -222,11 +253,8 @@ def read_fits(
     """A FITS observation (.fits, .fit, .fts, .fits.gz): one item, truth from its header."""
     path = Path(path)
     size = check_image_size(image_size)
-    with fits_open(path) as hdul:
-        chosen = pick_hdu(hdul, path, hdu)
-        cards = header_cards(hdul[0].header)
-        cards.update(header_cards(chosen.header))
-        extname = chosen.name
+    with _damage_is_one_line(path), fits_open(path) as hdul:
+        cards, extname = _header_of(path, hdul, hdu)
     image = read_fits_array(path, hdu)[None]
     if channels is not None:
         image = convert_channels(image, channels)

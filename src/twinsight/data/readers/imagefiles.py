@@ -12,14 +12,17 @@ images must share one size unless ``image_size`` resizes them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from twinsight.data.collection import Collection
 from twinsight.data.readers.common import first_line, is_fits_name
@@ -28,6 +31,40 @@ from twinsight.data.transforms import convert_channels, resize_images
 from twinsight.errors import TwinsightError
 
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
+
+
+def set_max_pixels(n: int) -> None:
+    """Raise (or lower) the largest image read before it is refused as a decompression bomb.
+
+    Process-wide (Pillow's ``Image.MAX_IMAGE_PIXELS``), so only the command line's
+    ``--max-pixels`` sets it.
+    """
+    if int(n) < 1:
+        raise TwinsightError(f"--max-pixels must be at least 1, got {n}")
+    Image.MAX_IMAGE_PIXELS = int(n)
+
+
+def _bomb_error(path: Path, exc: Exception) -> TwinsightError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
+    return TwinsightError(
+        f"image '{path}' has {pixels}, more than the limit of {Image.MAX_IMAGE_PIXELS:,} "
+        "(a possible decompression bomb); if the file is trusted, raise the limit with "
+        "`twinsight --max-pixels N ...`"
+    )
+
+
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses decompression bombs, Pillow's warning range included."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb_error(path, exc) from None
+    with im:
+        yield im
 
 
 @dataclass(frozen=True)
@@ -46,10 +83,12 @@ def probe_image(path: Path, hdu: int | str | None = None) -> ImageHeader:
         channels = 1 if len(shape) == 2 else shape[0]
         return ImageHeader(shape[-2], shape[-1], channels)
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             width, height = im.size
             mode = im.mode
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except TwinsightError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile file may make PIL raise anything
         raise TwinsightError(
             f"cannot read image '{path}' ({first_line(exc)}); expected a valid PNG, JPEG, "
             "TIFF, BMP, GIF, WebP or FITS file: replace or remove it"
@@ -90,12 +129,14 @@ def read_image_file(
     if is_fits_name(path.name):
         return read_fits_array(path, hdu)
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             if size is not None and im.format == "JPEG":
                 im.draft(im.mode, (size[1], size[0]))
             im.load()
             return _pil_to_array(im, size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except TwinsightError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile file may make PIL raise anything
         raise TwinsightError(
             f"cannot decode image '{path}' ({first_line(exc)}); the file may be truncated "
             "or corrupt: replace or remove it"
