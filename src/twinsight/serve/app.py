@@ -61,6 +61,7 @@ def create_app(
     """
     service = Service(index, model)
     pool = JobPool(max_concurrent, max_queued, timeout_s)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -141,7 +142,7 @@ def _query(service: Service, paths: dict[str, Path], field: str, key: str | None
     return str(paths[field]) if field in paths else service.item_image(key or "")
 
 
-# -- the jobs the worker threads run (façade calls inside a temporary folder) ----------------------
+# -- the jobs the worker threads run (façade calls inside a temporary folder) -------------------
 def search_job(
     service: Service, upload: Upload | None, key: str | None, k: int, max_pixels: int
 ) -> dict[str, Any]:
@@ -185,7 +186,7 @@ def compare_job(
     return result.to_dict()
 
 
-# -- routes -----------------------------------------------------------------------------------------
+# -- routes --------------------------------------------------------------------------------------
 def _add_routes(app: FastAPI, service: Service, pool: JobPool, max_pixels: int) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -94,8 +94,7 @@ class Service:
                 collection = api.open_collection(source)
             except TwinsightError:
                 raise TwinsightError(
-                    f"the index's source '{source}' cannot be opened, so its images cannot "
-                    "be shown"
+                    f"the index's source '{source}' cannot be opened, so its images cannot be shown"
                 ) from None
             keys = collection.items["key"].astype(str)
             self._source_rows = dict(zip(keys, range(len(keys)), strict=True))

@@ -1,4 +1,4 @@
-"""Uploaded query images: their type told by content, their pixel count bounded, kept in a temp folder.
+"""Uploaded query images: type told by content, pixel count bounded, kept in a temp folder.
 
 The web page never trusts a file's name. The first bytes say what it is (PNG, JPEG,
 TIFF, FITS); its header says how many pixels it holds before anything is decoded (the
