@@ -31,6 +31,7 @@ from twinsight.serve import create_app  # noqa: E402
 
 SIZE = 16
 CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(tempfile.gettempdir()) / "twinsight-serve.png"  # docs/figures/serve.png
 
 
 def _blob(mass: float, age: float, rng, size: int = SIZE) -> np.ndarray:
@@ -170,6 +171,13 @@ def test_items_health_thumbnail_and_unknown_keys(client):
     assert r.status_code == 404
 
 
+def test_preview_shows_a_fits_upload(client, world):
+    r = client.post("/api/preview", files=_files(world["fits"]))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (SIZE, SIZE)
+    assert client.post("/api/preview", files=_files(world["text"])).status_code == 400
+
+
 # -- errors and limits ----------------------------------------------------------------------------
 def test_text_file_renamed_png_is_a_clear_400(client, world):
     r = client.post("/api/search", files=_files(world["text"]))
@@ -303,3 +311,144 @@ def test_schemathesis_finds_no_500(world):
 
         check()
     assert not failures, failures[:3]
+
+
+# -- the command ---------------------------------------------------------------------------------
+def test_serve_command_warns_when_open(run_cli, world, monkeypatch):
+    import uvicorn
+
+    from twinsight.cli.serve import open_warning
+
+    assert open_warning("127.0.0.1", None) is None and open_warning("0.0.0.0", "t") is None
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(kw, app=app))
+    r = run_cli("serve", world["idx"], "--host", "0.0.0.0", "--port", "8123")
+    assert r.exit_code == 0, r.stderr
+    assert "without --token" in r.stderr and served["host"] == "0.0.0.0"
+    assert served["port"] == 8123
+    r = run_cli("serve", world["root"] / "nope")
+    assert r.exit_code == 2 and "error:" in r.stderr
+
+
+# -- a real browser: Debian's chromium, offline ---------------------------------------------------
+OFFLINE_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-pings",
+    "--metrics-recording-only",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def live(world):
+    """The app on uvicorn, on 127.0.0.1 and a free port, in a thread."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(world["idx"]), host="127.0.0.1", port=port,
+                            log_level="warning")  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=OFFLINE_FLAGS)
+        yield b
+        b.close()
+
+
+def test_browser_search_match_compare_and_errors(browser, live, world):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)  # a shared, busy CI machine
+    page = browser.new_page(viewport={"width": 1200, "height": 1500})
+    outside = []
+
+    def only_local(route):
+        if route.request.url.startswith(live):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(f"{live}/?k=8")
+    expect(page.locator("body[data-ready=true]")).to_have_count(1)
+    expect(page.locator("#index-info")).to_contain_text("48 indexed images")
+
+    # a FITS observation: the grid and, per parameter, a histogram against the prior
+    page.set_input_files("#query-file", str(world["fits"]))
+    expect(page.locator("#results li")).to_have_count(8)
+    expect(page.locator("#histograms figure")).to_have_count(2)
+    expect(page.locator("#histograms svg rect.matches").first).to_be_visible()
+    expect(page.locator("#estimate-table tbody tr")).to_have_count(2)
+    expect(page.locator("#estimate-table")).to_contain_text("0.7")  # the truth from the header
+    first = page.locator("#results li button").first
+    assert first.locator("img").get_attribute("alt").startswith("Indexed item ")
+    expect(first.locator("img")).to_have_js_property("complete", True)
+    assert first.locator("img").evaluate("i => i.naturalWidth") == SIZE
+    page.wait_for_function("document.getElementById('query-image').naturalWidth > 0")
+    assert page.locator("#query-image").evaluate("i => i.naturalWidth") == SIZE  # FITS preview
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # click a result: its neighbours, itself first; the URL can be shared
+    key = page.locator("#results li button").nth(2).get_attribute("data-key")
+    page.locator("#results li button").nth(2).click()
+    expect(page.locator("#results li button").first).to_have_attribute("data-key", key)
+    expect(page.locator("#query-name")).to_contain_text(key)
+    assert f"key={key}" in page.url and "k=8" in page.url
+    shared = browser.new_page()
+    shared.route("**/*", only_local)
+    shared.goto(page.url)
+    expect(shared.locator("#results li button").first).to_have_attribute("data-key", key)
+    shared.close()
+
+    # keyboard: arrow keys move between results, Enter searches by one
+    page.locator("#results li button").first.focus()
+    page.keyboard.press("ArrowRight")
+    second = page.locator("#results li button").nth(1).get_attribute("data-key")
+    page.keyboard.press("Enter")
+    expect(page.locator("#results li button").first).to_have_attribute("data-key", second)
+
+    # compare two images
+    page.set_input_files("#compare-a", str(world["png"]))
+    page.set_input_files("#compare-b", str(world["png2"]))
+    page.click("#compare-form button")
+    expect(page.locator("#comparison [data-field=similarity]")).to_have_text(
+        f"{twinsight.compare(world['run'], world['png'], world['png2']).similarity:.4f}"
+    )
+
+    # a text file renamed .png: one clear line
+    page.set_input_files("#query-file", str(world["text"]))
+    expect(page.locator("#error")).to_have_text(
+        "Error: 'notes.png' is not a PNG, JPEG, TIFF or FITS image (its content does not start "
+        "like one, whatever its name says)"
+    )
+    assert "Traceback" not in page.content()
+    assert outside == []
+    page.close()

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from twinsight import __version__, api
 from twinsight.errors import TwinsightError
 from twinsight.serve.limits import BodyLimit, Busy, JobPool, TokenGuard, TooSlow
-from twinsight.serve.service import Service, UnknownKey, jsonable
+from twinsight.serve.service import Service, UnknownKey, jsonable, to_png
 from twinsight.serve.uploads import Upload, UploadTooLarge, stored
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,15 @@ def compare_job(
     return result.to_dict()
 
 
+def preview_job(service: Service, upload: Upload, max_pixels: int) -> bytes:
+    """A PNG of an uploaded image as the readers see it (a browser cannot show FITS or TIFF)."""
+    with stored({"image": upload}, max_pixels) as paths:
+        images = api.open_collection(str(paths["image"])).images()
+    if len(images) == 0:
+        raise TwinsightError(f"'{upload.display_name}' holds no image")
+    return to_png(images[0], max_px=256)
+
+
 # -- routes --------------------------------------------------------------------------------------
 def _add_routes(app: FastAPI, service: Service, pool: JobPool, max_pixels: int) -> None:
     @app.get("/", include_in_schema=False)
@@ -207,6 +216,13 @@ def _add_routes(app: FastAPI, service: Service, pool: JobPool, max_pixels: int) 
         """A PNG of the indexed image of ``key``, from the index's source collection."""
         png = await run_in_threadpool(service.thumbnail, key)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/preview", response_class=Response)
+    async def preview(image: Annotated[UploadFile, File()]) -> Response:
+        """A PNG of an uploaded image (min-max stretched), for the page to show the query."""
+        upload = await _read(image)
+        png = await pool.run(preview_job, service, upload, max_pixels)
+        return Response(png, media_type="image/png")
 
     @app.post("/api/search")
     async def search(
