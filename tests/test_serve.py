@@ -178,6 +178,17 @@ def test_preview_shows_a_fits_upload(client, world):
     assert client.post("/api/preview", files=_files(world["text"])).status_code == 400
 
 
+def test_jpeg_and_tiff_are_told_by_content_whatever_their_names(client, world, tmp_path):
+    img = Image.open(world["png"])
+    for fmt, name in (("JPEG", "photo.fits"), ("TIFF", "../../scan.txt")):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        r = client.post("/api/search", files={"image": (name, buf.getvalue(), "")},
+                        data={"k": "2"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["query"] == name.rsplit("/", 1)[-1]
+
+
 # -- errors and limits ----------------------------------------------------------------------------
 def test_text_file_renamed_png_is_a_clear_400(client, world):
     r = client.post("/api/search", files=_files(world["text"]))
