@@ -45,7 +45,8 @@ function fmt(x) {
   if (x === null || x === undefined) return "–";
   if (typeof x !== "number") return String(x);
   if (x !== 0 && (Math.abs(x) >= 1e4 || Math.abs(x) < 1e-2)) return x.toExponential(2);
-  return x.toPrecision(4).replace(/\.?0+$/, "");
+  const text = x.toPrecision(4);
+  return text.includes(".") ? text.replace(/\.?0+$/, "") : text;
 }
 
 function showError(message) {
