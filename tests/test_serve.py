@@ -253,6 +253,8 @@ def test_token_is_required_when_set(world):
         assert c.get("/api/thumbnail/sys000_p0?token=s3cret").status_code == 200
         assert c.post("/api/search", data={"key": "sys000_p0"}).status_code == 401
         assert c.get("/").status_code == 200  # the page itself holds nothing secret
+        assert c.get("/openapi.json").status_code == 200
+        assert c.get("/docs").status_code == 404  # Swagger would load from a CDN
 
 
 def test_concurrency_limit_answers_503_with_retry_after(world, monkeypatch):

@@ -69,6 +69,8 @@ def create_app(
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's Swagger and ReDoc pages load from a CDN: the schema is enough
+        redoc_url=None,
         title="twinsight",
         version=__version__,
         description="Reverse image search, best-match parameters and verification.",
