@@ -204,8 +204,8 @@ def _markdown(res: dict) -> str:
             f"{1000 * s['cli_per_query_s']:.0f} ms | | baseline |",
             "",
             f"Failed requests: {s['failed']} of {s['requests'] * s['runs']}. Server memory (RSS): "
-            f"{s['rss_before_mb']:.0f} MiB after warm-up, {s['rss_after_mb']:.0f} MiB after all runs "
-            f"({s['rss_growth_mb']:+.1f} MiB).",
+            f"{s['rss_before_mb']:.0f} MiB after warm-up, {s['rss_after_mb']:.0f} MiB after "
+            f"all runs ({s['rss_growth_mb']:+.1f} MiB).",
             "",
         ]
     )
