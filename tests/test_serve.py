@@ -343,6 +343,20 @@ def test_serve_command_warns_when_open(run_cli, world, monkeypatch):
     assert r.exit_code == 2 and "error:" in r.stderr
 
 
+def test_page_is_self_contained(client):
+    import re
+
+    from twinsight.serve.app import STATIC
+
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        urls = set(re.findall(r"https?://[^\s\"'`)]+", text)) - {"http://www.w3.org/2000/svg"}
+        assert not urls, (path.name, urls)  # no CDN, nothing fetched from elsewhere
+        assert client.get(f"/static/{path.name}").status_code == 200
+
+
 # -- a real browser: Debian's chromium, offline ---------------------------------------------------
 OFFLINE_FLAGS = [
     "--no-sandbox",
