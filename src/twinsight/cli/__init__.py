@@ -78,6 +78,7 @@ from twinsight.cli import data as _data  # noqa: E402,F401
 from twinsight.cli import train as _train  # noqa: E402,F401
 from twinsight.cli import search as _search  # noqa: E402,F401
 from twinsight.cli import demo as _demo  # noqa: E402,F401
+from twinsight.cli import serve as _serve  # noqa: E402,F401
 # isort: on
 
 
