@@ -171,16 +171,16 @@ def _enospc(*args, **kwargs):
 def test_full_disk_while_packing_is_one_line_and_leaves_nothing(run_cli, world, tmp_path):
     import twinsight.data.packed as packed
 
-    real = os.write
+    real = os.pwrite
     calls = {"n": 0}
 
-    def write(fd, data):  # the disk fills after the first few writes of the packed file
+    def pwrite(fd, data, offset):  # the disk fills after the first few writes of the file
         calls["n"] += 1
-        return _enospc() if calls["n"] > 3 else real(fd, data)
+        return _enospc() if calls["n"] > 3 else real(fd, data, offset)
 
     out = tmp_path / "out.h5"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(packed.os, "write", write)
+        mp.setattr(packed.os, "pwrite", pwrite)
         res = run_cli("pack", world["data"], out)
     assert res.exit_code == 2 and one_line_error(res.stderr), res.stderr
     assert "disk is full" in res.stderr and str(out) in res.stderr

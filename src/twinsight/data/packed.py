@@ -13,6 +13,7 @@ two orders of magnitude faster than opening one file per image.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import math
@@ -41,15 +42,20 @@ class _DiskFullSafeFile(io.RawIOBase):
 
     Why: when a write of HDF5's own (a chunk flush, the metadata at close) fails on a
     full disk, HDF5 keeps the file open half-closed and flushes it again when Python
-    exits, which segfaults (exit 139). Here the first refused write is remembered and
-    every later write is dropped, so HDF5 closes cleanly; :func:`h5_create` then raises
-    the remembered error and the temporary file is removed.
+    exits, which segfaults (exit 139). Here the first refused write is remembered, and
+    from then on writes are kept in memory (not on disk) so that HDF5 reads back exactly
+    what it wrote and closes cleanly; :func:`h5_create` then raises the remembered error
+    and the temporary file is removed. Callers check (``check()``) after each batch, so
+    at most about one batch is held in memory.
     """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         self.error: OSError | None = None
+        self._pos = 0
+        self._overlay: list[tuple[int, bytes]] = []  # (offset, data) written after the error
+        self._size = 0
 
     def readable(self) -> bool:
         return True
@@ -61,28 +67,43 @@ class _DiskFullSafeFile(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        return os.readv(self._fd, [buffer])
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), max(0, self._size - self._pos))
+        got = os.preadv(self._fd, [view[:n]], self._pos) if n else 0
+        view[got:n] = bytes(n - got)  # a region never written reads as zeros, never short
+        for offset, data in self._overlay:  # later writes win
+            lo, hi = max(offset, self._pos), min(offset + len(data), self._pos + n)
+            if lo < hi:
+                view[lo - self._pos : hi - self._pos] = data[lo - offset : hi - offset]
+        self._pos += n
+        return n
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         done = 0
         while self.error is None and done < len(view):
             try:
-                done += os.write(self._fd, view[done:])
+                done += os.pwrite(self._fd, view[done:], self._pos + done)
             except OSError as exc:
                 self.error = exc
         if done < len(view):
-            os.lseek(self._fd, len(view) - done, os.SEEK_CUR)
+            self._overlay.append((self._pos + done, bytes(view[done:])))
+        self._pos += len(view)
+        self._size = max(self._size, self._pos)
         return len(view)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return os.lseek(self._fd, offset, whence)
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
 
     def tell(self) -> int:
-        return os.lseek(self._fd, 0, os.SEEK_CUR)
+        return self._pos
 
     def truncate(self, size: int | None = None) -> int:
         size = self.tell() if size is None else size
+        self._size = size
+        self._overlay = [(o, d[: max(0, size - o)]) for o, d in self._overlay if o < size]
         try:
             os.ftruncate(self._fd, size)
         except OSError as exc:
@@ -114,6 +135,12 @@ def h5_create(path: str | Path) -> Iterator[tuple[h5py.File, _DiskFullSafeFile]]
     Call ``safe.check()`` between large writes to stop early once the disk is full.
     """
     safe = _DiskFullSafeFile(Path(path))
+    # HDF5 is not re-entrant, and it calls back into Python for every write of a
+    # file-object driver: a garbage collection there may finalize another h5py object
+    # (a file a previous caller dropped) inside HDF5, which segfaults. No collection
+    # runs while this file is open.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         f = h5py.File(safe, "w")
         try:
@@ -122,6 +149,8 @@ def h5_create(path: str | Path) -> Iterator[tuple[h5py.File, _DiskFullSafeFile]]
             f.close()
     finally:
         safe.close()
+        if collecting:
+            gc.enable()
     safe.check()
 
 
