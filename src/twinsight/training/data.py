@@ -182,8 +182,9 @@ def _auto_sampler(
 def _fitting_m(counts: np.ndarray, batch: int, smallest: int) -> tuple[int, int] | None:
     """The m (and batch size, a multiple of it) that every group can fill; logged when smaller.
 
-    Tried in order: :func:`auto_m`'s choice; the largest m <= the smallest group that
-    divides the batch with enough groups; then the batch rounded down to groups x m.
+    First :func:`auto_m`'s choice when every group can fill it; else m = the smallest
+    group's size (at most batch / groups, at least 2) and the batch rounded down to
+    groups x m. None when a group has a single image or fewer than 2 groups fit.
     """
     m = auto_m(np.repeat(np.arange(len(counts)), counts), batch, smallest)
     if batch % m == 0 and batch // m <= len(counts) and m <= counts.min():
