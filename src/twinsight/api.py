@@ -61,7 +61,7 @@ from twinsight.results import (
     SearchResult,
     TrainResult,
 )
-from twinsight.training import Prepared, fit, pair_targets, prepare, split_train_val
+from twinsight.training import Prepared, fit, pair_targets, prepare, split_with_info
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ def _train_locked(
     work = partial_dir(out)
     _check_run_paths(out, work, resume=resume, overwrite=overwrite)
     collection = data if isinstance(data, Collection) else open_collection(data)
-    train_c, val_c = split_train_val(collection, cfg)
-    prep = prepare(cfg, train_c, val_c)
+    train_c, val_c, shape = split_with_info(collection, cfg)
+    prep = prepare(cfg, train_c, val_c, validation=shape)
     fresh = not resume
     if main and fresh and work.exists():
         shutil.rmtree(work)
@@ -628,14 +628,20 @@ def evaluate(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    baseline: str = "auto",
 ) -> Evaluation:
-    """Retrieval, verification, similarity ranking and parameter recovery on one split."""
+    """Retrieval, verification, similarity ranking and parameter recovery on one split.
+
+    ``baseline="auto"`` adds raw pixels and PCA (fitted on the ``split == "train"`` rows,
+    d = the model's embedding dimension) by the same protocol under ``baselines``, and
+    ``worse_than_pca``; ``"none"`` skips them.
+    """
     from twinsight.evaluation import evaluate as evaluate_model
 
     collection = _collection(data)
     raw = evaluate_model(
         load_model(model), collection, split=split, batch_size=batch_size, seed=seed,
-        progress=progress,
+        progress=progress, baseline=baseline,
     )  # fmt: skip
     metrics = {k: v for k, v in raw.items() if not k.startswith("_")}
     arrays = {"pairs": raw["_pairs"]} if "_pairs" in raw else {}

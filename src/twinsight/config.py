@@ -53,15 +53,27 @@ class DataConfig(_Section):
     val_fraction: float = Field(
         0.05, gt=0, lt=1, description="share held out for validation when there is no 'val' split"
     )
+    val_split: Literal["auto", "by-class", "within-class"] = Field(
+        "auto",
+        description="labels: validate on held-out whole classes (by-class: the question about "
+        "new classes) or on held-out images of the training classes (within-class); auto: "
+        "by-class with at least 6 classes, else within-class",
+    )
+    group_column: str | None = Field(
+        None,
+        description="params with one image per system: hold out whole groups of this column "
+        "for validation (default: a block of parameter space)",
+    )
     image_size: int | None = Field(None, ge=4, description="square input size (default: data)")
     channels: int | None = Field(None, ge=1, description="input channels (default: data)")
     normalize: Literal["minmax", "standardize", "none"] | None = Field(
         None, description="per-image normalization (default: the encoder's)"
     )
-    augment: Literal["auto", "none", "affine", "telescope"] = Field(
+    augment: Literal["auto", "none", "affine", "photo", "telescope"] = Field(
         "auto",
         description="training-batch augmentation: affine (random shifts/rotations; auto: on "
-        "for labels) or telescope (random beam blur and noise, so that observations match "
+        "for labels), photo (affine, horizontal flips and colour jitter; auto: for RGB "
+        "labels) or telescope (random beam blur and noise, so that observations match "
         "clean simulations)",
     )
     rotate: float = Field(12.0, ge=0, le=180, description="augmentation rotation, degrees")
@@ -124,6 +136,12 @@ class TrainerConfig(_Section):
     epochs: int = Field(30, ge=1, description="maximum number of epochs")
     batch_size: int = Field(128, ge=2, description="images per batch (B(B-1)/2 pairs)")
     seed: int = Field(0, description="random seed (reproducible CPU runs)")
+    min_steps_per_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="fewest optimizer steps per epoch (batches drawn with replacement); "
+        "default: 50 for labels and one-image-per-system tables, off for multi-view systems",
+    )
     early_stopping: int = Field(
         10, ge=0, description="epochs without validation gain before stopping (0: off)"
     )
@@ -174,6 +192,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "kernel": ("data", "kernel"),
     "width": ("data", "width"),
     "val_fraction": ("data", "val_fraction"),
+    "val_split": ("data", "val_split"),
+    "group_column": ("data", "group_column"),
     "image_size": ("data", "image_size"),
     "channels": ("data", "channels"),
     "normalize": ("data", "normalize"),
@@ -194,6 +214,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "batch_size": ("trainer", "batch_size"),
     "seed": ("trainer", "seed"),
     "early_stopping": ("trainer", "early_stopping"),
+    "min_steps_per_epoch": ("trainer", "min_steps_per_epoch"),
     "accelerator": ("runtime", "accelerator"),
     "devices": ("runtime", "devices"),
     "strategy": ("runtime", "strategy"),

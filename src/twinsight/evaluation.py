@@ -9,7 +9,9 @@ JSON keys (stable; documented in the README, "JSON keys"):
   ``parameters.<name>.r2`` / ``.rmse`` (of the median, in the parameter's scale
   space: log10 or linear), ``.coverage_68``, ``.coverage_95``, ``.narrowing``,
   ``.scale``; ``calibration_curve`` (expected vs observed coverage per level);
-  ``matching`` (the number of matches used, whether calibrated).
+  ``matching`` (the number of matches used, whether calibrated);
+- baselines: ``baselines.pixels.*`` and ``baselines.pca.*`` with the model's keys, by the
+  same protocol; ``worse_than_pca`` and ``compared_on`` (MAP@R, or Spearman).
 
 Parameter recovery matches every evaluated item against the whole collection
 *without its own system*; the matching defaults come from ``bundle.matching``
@@ -101,24 +103,32 @@ def verification_metrics(
     *,
     n_pairs: int = 2000,
     seed: int = 0,
+    eer_threshold: bool = False,
 ) -> dict[str, Any]:
-    """ROC-AUC, EER and accuracy at the calibrated threshold on balanced same/different pairs."""
+    """ROC-AUC, EER and accuracy at the calibrated threshold on balanced same/different pairs.
+
+    ``eer_threshold`` (baselines, which have no calibration): the accuracy is taken at the
+    equal-error threshold of these pairs, an optimistic figure for the baseline.
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
     i, j, same = balanced_pairs(groups, n_pairs, seed)
     scores = np.sum(embeddings[i] * embeddings[j], axis=1)
-    fpr, tpr, _ = roc_curve(same, scores)
+    fpr, tpr, cuts = roc_curve(same, scores)
     fnr = 1 - tpr
     e = int(np.nanargmin(np.abs(fnr - fpr)))
-    threshold = decision_threshold(calibration) if calibration else 0.5
+    if eer_threshold:
+        threshold, source = float(min(cuts[e], 1.0)), "equal-error point of these pairs"
+    elif calibration:
+        threshold, source = decision_threshold(calibration), "calibration"
+    else:
+        threshold, source = 0.5, "default 0.5 (model has no calibration)"
     return {
         "roc_auc": float(roc_auc_score(same, scores)),
         "eer": float((fpr[e] + fnr[e]) / 2),
         "accuracy": float(np.mean((scores >= threshold) == same)),
         "threshold": float(threshold),
-        "threshold_source": "calibration"
-        if calibration
-        else "default 0.5 (model has no calibration)",
+        "threshold_source": source,
         "pairs": int(len(same)),
     }
 
@@ -259,6 +269,10 @@ def parameter_recovery(
 
 
 # -- the whole evaluation -------------------------------------------------------------------------
+#: What ``baseline=`` accepts: every baseline, or none.
+BASELINES = ("auto", "none")
+
+
 def evaluate(
     bundle: Any,
     collection: Any,
@@ -268,30 +282,21 @@ def evaluate(
     n_pairs: int = 2000,
     seed: int = 0,
     progress: bool = False,
+    baseline: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate ``bundle`` on the ``split`` items of ``collection`` (all items if it has no splits).
 
     Returns the metrics dict (keys in the module docstring); entries whose key
-    starts with ``_`` hold arrays for figures and are not part of the JSON.
+    starts with ``_`` hold arrays for figures and are not part of the JSON. With
+    ``baseline="auto"`` the same metrics, by the same protocol, are computed for raw
+    pixels and for PCA (:func:`baseline_embeddings`) under ``baselines.pixels`` and
+    ``baselines.pca``, and ``worse_than_pca`` says whether the model lost to PCA.
     """
     from twinsight.embedding import embed_collection
 
-    if split and "split" in collection.items.columns:
-        mask = collection.items["split"].astype(str).to_numpy() == split
-        if not mask.any():
-            raise TwinsightError(
-                f"collection '{collection.name}' has no split '{split}'; "
-                f"available: {collection.splits}"
-            )
-    else:
-        if split and split != "test":
-            raise TwinsightError(
-                f"collection '{collection.name}' has no 'split' column, so no split '{split}'"
-            )
-        log.info(
-            "'%s' has no split column: evaluating on all %d items", collection.name, len(collection)
-        )
-        mask = np.ones(len(collection), dtype=bool)
+    if baseline not in BASELINES:
+        raise TwinsightError(f"unknown baseline '{baseline}'; valid: {', '.join(BASELINES)}")
+    mask = _split_mask(collection, split)
     need_pool = collection.has_params and collection.has_systems
     full = embed_collection(
         bundle,
@@ -299,12 +304,59 @@ def evaluate(
         batch_size=batch_size,
         progress=progress,
     )
+    context = {"n_pairs": n_pairs, "seed": seed, "need_pool": need_pool}
+    result: dict[str, Any] = {"data": collection.name, "split": split, "items": int(mask.sum())}
+    context["targets"] = getattr(bundle, "targets", None)  # baselines: the model's targets
+    result.update(_metrics_from(full, bundle, collection, mask, **context))
+    if baseline == "auto":
+        base = baseline_embeddings(bundle, collection, mask, need_pool, batch_size)
+        result["baselines"] = {
+            name: public(_metrics_from(emb, None, collection, mask, **context))
+            for name, emb in base.items()
+        }
+        result.update(_compare_with_pca(result))
+    return result
+
+
+def _split_mask(collection: Any, split: str | None) -> np.ndarray:
+    """The evaluated rows: the ``split`` rows, or all rows when there is no split column."""
+    if split and "split" in collection.items.columns:
+        mask = collection.items["split"].astype(str).to_numpy() == split
+        if not mask.any():
+            raise TwinsightError(
+                f"collection '{collection.name}' has no split '{split}'; "
+                f"available: {collection.splits}"
+            )
+        return mask
+    if split and split != "test":
+        raise TwinsightError(
+            f"collection '{collection.name}' has no 'split' column, so no split '{split}'"
+        )
+    log.info(
+        "'%s' has no split column: evaluating on all %d items", collection.name, len(collection)
+    )
+    return np.ones(len(collection), dtype=bool)
+
+
+def _metrics_from(
+    full: np.ndarray,
+    bundle: Any,
+    collection: Any,
+    mask: np.ndarray,
+    *,
+    n_pairs: int,
+    seed: int,
+    need_pool: bool,
+    targets: dict | None,
+) -> dict[str, Any]:
+    """Every metric of embeddings ``full`` (the whole collection when ``need_pool``, else the
+    evaluated rows); ``bundle`` None for a baseline (no calibration, no matching defaults),
+    scored against the same ``targets`` as the model."""
     emb = full[mask] if need_pool else full
     items = collection.items[mask].reset_index(drop=True)
-    result: dict[str, Any] = {"data": collection.name, "split": split, "items": int(mask.sum())}
+    result: dict[str, Any] = {}
     if collection.has_labels:
-        labels = items["label"].to_numpy()
-        result.update(retrieval_metrics(emb, labels))
+        result.update(retrieval_metrics(emb, items["label"].to_numpy()))
     groups = None
     try:
         groups = pair_groups(collection.subset(mask))
@@ -313,27 +365,100 @@ def evaluate(
     if groups is not None:
         try:
             result["verification"] = verification_metrics(
-                emb, groups, getattr(bundle, "calibration", None), n_pairs=n_pairs, seed=seed
-            )
+                emb, groups, getattr(bundle, "calibration", None), n_pairs=n_pairs, seed=seed,
+                eer_threshold=bundle is None,
+            )  # fmt: skip
         except TwinsightError as exc:
             log.info("verification skipped: %s", exc)
     if collection.has_params:
         params = items[collection.param_columns].to_numpy(dtype=np.float64)
-        ranking = similarity_ranking(
-            emb, params, seed=seed, items=items, targets=getattr(bundle, "targets", None)
-        )
+        ranking = similarity_ranking(emb, params, seed=seed, items=items, targets=targets)
         result["spearman"] = ranking["spearman"]
         result["_pairs"] = ranking["pairs"]
         if need_pool:
             pool = SimilarityIndex.build(
                 full,
                 collection.items,
-                model_fingerprint=getattr(bundle, "fingerprint", ""),
+                model_fingerprint=getattr(bundle, "fingerprint", "") if bundle else "baseline",
                 param_columns=collection.param_columns,
             )
-            rec = parameter_recovery(pool, emb, items, matching=getattr(bundle, "matching", None))
-            result.update(rec)
+            matching = getattr(bundle, "matching", None) if bundle is not None else None
+            result.update(parameter_recovery(pool, emb, items, matching=matching))
     return result
+
+
+def baseline_embeddings(
+    bundle: Any, collection: Any, mask: np.ndarray, need_pool: bool, batch_size: int = 256
+) -> dict[str, np.ndarray]:
+    """Embeddings of the two baselines, rows as :func:`evaluate` embeds the model's.
+
+    ``pixels``: the model's preprocessed images, flattened and L2-normalized (what the
+    network starts from). ``pca``: those pixels projected on the first d principal
+    components (d = the model's embedding dimension) fitted on the collection's
+    ``split == "train"`` rows only, then L2-normalized; without training rows there is no
+    PCA baseline (logged), because fitting it on the evaluated items would let it see
+    the test set.
+    """
+    from twinsight.data.transforms import preprocess
+
+    rows = np.ones(len(collection), dtype=bool) if need_pool else mask
+    pixels = _flat_pixels(collection.subset(rows), bundle.preprocessing, preprocess, batch_size)
+    out = {"pixels": _unit(pixels)}
+    train_rows = _train_rows(collection)
+    if train_rows is None:
+        log.info("PCA baseline skipped: '%s' has no split=train rows to fit it on", collection.name)
+        return out
+    train = _flat_pixels(
+        collection.subset(train_rows), bundle.preprocessing, preprocess, batch_size
+    )
+    dim = int(min(_embedding_dim(bundle), len(train), train.shape[1]))
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dim, random_state=0).fit(train)
+    out["pca"] = _unit(pca.transform(pixels).astype(np.float32))
+    return out
+
+
+def _train_rows(collection: Any) -> np.ndarray | None:
+    if "split" not in collection.items.columns:
+        return None
+    rows = collection.items["split"].astype(str).str.lower().to_numpy() == "train"
+    return rows if rows.sum() >= 2 else None
+
+
+def _embedding_dim(bundle: Any) -> int:
+    dim = getattr(bundle, "embedding_dim", None)
+    return int(dim) if dim else 128
+
+
+def _flat_pixels(collection: Any, preprocessing: Any, preprocess: Any, batch: int) -> np.ndarray:
+    chunks = [
+        preprocess(x, preprocessing).reshape(len(x), -1) for _, x in collection.iter_batches(batch)
+    ]
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+#: The headline metric compared with PCA: MAP@R for labels, Spearman for parameters.
+_HEADLINE = ("mean_average_precision_at_r", "spearman")
+
+
+def _compare_with_pca(result: dict[str, Any]) -> dict[str, Any]:
+    """``worse_than_pca`` (and the metric it was judged on) when there is a PCA baseline."""
+    pca = (result.get("baselines") or {}).get("pca")
+    if not pca:
+        return {}
+    for key in _HEADLINE:
+        if key in result and key in pca:
+            return {
+                "worse_than_pca": bool(result[key] < pca[key]),
+                "compared_on": key,
+            }
+    return {}
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:

@@ -237,6 +237,9 @@ def evaluate_cmd(
     batch_size: int = typer.Option(256, help="Images per embedding batch."),
     out: str | None = typer.Option(None, help="Folder for metrics.json and figures."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    baseline: str = typer.Option(
+        "auto", help="auto: also raw pixels and PCA by the same protocol; none: the model only."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Retrieval, verification, similarity ranking and parameter-recovery metrics."""
@@ -245,7 +248,9 @@ def evaluate_cmd(
 
     if out:
         check_output_path(out, overwrite)
-    result = evaluate(run, data, split=split, batch_size=batch_size, progress=not as_json)
+    result = evaluate(
+        run, data, split=split, batch_size=batch_size, progress=not as_json, baseline=baseline
+    )
     if out:
         result.save(out, overwrite=overwrite)
         err_console.print(f"metrics and figures -> {out}")
@@ -255,22 +260,49 @@ def evaluate_cmd(
     _print_metrics(result.to_dict())
 
 
+def _fmt_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _metric_rows(metrics: dict) -> dict[str, float]:
+    """The flat metric rows of one column: retrieval, recall@k, verification, Spearman."""
+    rows = {}
+    for key in ("precision_at_1", "r_precision", "mean_average_precision_at_r", "spearman"):
+        if key in metrics:
+            rows[key] = metrics[key]
+    for key, value in (metrics.get("recall_at_k") or {}).items():
+        rows[f"recall_at_{key}"] = value
+    for key, value in (metrics.get("verification") or {}).items():
+        if isinstance(value, float):
+            rows[f"verification.{key}"] = value
+    return rows
+
+
 def _print_metrics(metrics: dict) -> None:
     table = Table(
         title=f"evaluation of '{metrics.get('data')}' split {metrics.get('split')} "
         f"({metrics.get('items')} items)"
     )
+    baselines = metrics.get("baselines") or {}
+    columns = {"model": _metric_rows(metrics)}
+    columns.update({name: _metric_rows(m) for name, m in baselines.items()})
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("precision_at_1", "r_precision", "mean_average_precision_at_r", "spearman"):
-        if key in metrics:
-            table.add_row(key, f"{metrics[key]:.4f}")
-    for key, value in (metrics.get("recall_at_k") or {}).items():
-        table.add_row(f"recall_at_{key}", f"{value:.4f}")
-    for key, value in (metrics.get("verification") or {}).items():
-        if isinstance(value, float):
-            table.add_row(f"verification.{key}", f"{value:.4f}")
+    for name in columns:
+        table.add_column(name if name == "model" else f"{name} (baseline)", justify="right")
+    for key in columns["model"]:
+        table.add_row(key, *(_fmt_cell(col.get(key)) for col in columns.values()))
     console.print(table)
+    if metrics.get("worse_than_pca"):
+        key = metrics.get("compared_on", "mean_average_precision_at_r")
+        console.print(
+            f"[bold red]the model is worse than PCA on this split[/] ({key} "
+            f"{metrics[key]:.4f} < PCA's {baselines['pca'][key]:.4f}): training did not help here"
+        )
+    elif "worse_than_pca" in metrics:
+        key = metrics["compared_on"]
+        console.print(
+            f"the model beats PCA on {key}: {metrics[key]:.4f} vs {baselines['pca'][key]:.4f}"
+        )
     if "parameters" in metrics:
         pt = Table(
             title=f"parameter recovery ({metrics['matching']['top']} matches, "

@@ -63,7 +63,11 @@ class _EpochSampler:
 
 
 class RandomBatchSampler(_EpochSampler):
-    """All ``n`` items in a new random order each epoch, cut into batches."""
+    """All ``n`` items in a new random order each epoch, cut into batches.
+
+    ``min_batches`` makes an epoch of small data at least that many batches long (items
+    then recur: further passes over the data, each in a new order).
+    """
 
     def __init__(
         self,
@@ -74,8 +78,10 @@ class RandomBatchSampler(_EpochSampler):
         *,
         rank: int = 0,
         num_replicas: int = 1,
+        min_batches: int = 0,
     ) -> None:
         super().__init__(seed, rank, num_replicas)
+        self.min_batches = int(min_batches)
         self.n = _check_positive("n (number of items)", n)
         self.batch_size = _check_positive("batch_size", batch_size)
         self.drop_last = bool(drop_last)
@@ -87,17 +93,27 @@ class RandomBatchSampler(_EpochSampler):
 
     def _total_batches(self) -> int:
         if self.drop_last:
-            return self.n // self.batch_size
-        return -(-self.n // self.batch_size)
+            natural = self.n // self.batch_size
+        else:
+            natural = -(-self.n // self.batch_size)
+        return max(natural, self.min_batches)
 
     def _all_batches(self, rng: np.random.Generator) -> list[list[int]]:
-        order = rng.permutation(self.n)
+        # more batches than one pass holds (min_batches): further passes, each reshuffled
+        passes = 1
+        if self.min_batches * self.batch_size > self.n:
+            passes = -(-self.min_batches * self.batch_size // self.n)
+        order = np.concatenate([rng.permutation(self.n) for _ in range(passes)])
         stops = range(0, self._total_batches() * self.batch_size, self.batch_size)
         return [order[s : s + self.batch_size].tolist() for s in stops]
 
 
 class _GroupSampler(_EpochSampler):
-    """Batches of ``batch_size // m`` groups with ``m`` items each (classes or systems)."""
+    """Batches of ``batch_size // m`` groups with ``m`` items each (classes or systems).
+
+    A group whose items are used up this epoch is reshuffled and drawn again, so
+    ``min_batches`` can make an epoch of small data longer than one pass.
+    """
 
     kind = "group"
 
@@ -110,8 +126,10 @@ class _GroupSampler(_EpochSampler):
         *,
         rank: int = 0,
         num_replicas: int = 1,
+        min_batches: int = 0,
     ) -> None:
         super().__init__(seed, rank, num_replicas)
+        self.min_batches = int(min_batches)
         self.m = _check_positive("m", m)
         self.batch_size = _check_positive("batch_size", batch_size)
         if self.batch_size % self.m:
@@ -148,7 +166,7 @@ class _GroupSampler(_EpochSampler):
             )
 
     def _total_batches(self) -> int:
-        return max(1, self.n // self.batch_size)
+        return max(1, self.n // self.batch_size, self.min_batches)
 
     def _chunks(self, group: int, rng: np.random.Generator) -> list[np.ndarray]:
         """A group's items, shuffled, in chunks of m (the last one topped up from the rest)."""
@@ -195,8 +213,12 @@ class MPerClassSampler(_GroupSampler):
         *,
         rank: int = 0,
         num_replicas: int = 1,
+        min_batches: int = 0,
     ) -> None:
-        super().__init__(labels, m, batch_size, seed, rank=rank, num_replicas=num_replicas)
+        super().__init__(
+            labels, m, batch_size, seed, rank=rank, num_replicas=num_replicas,
+            min_batches=min_batches,
+        )  # fmt: skip
 
 
 class MPerSystemSampler(_GroupSampler):
@@ -213,5 +235,9 @@ class MPerSystemSampler(_GroupSampler):
         *,
         rank: int = 0,
         num_replicas: int = 1,
+        min_batches: int = 0,
     ) -> None:
-        super().__init__(systems, m, batch_size, seed, rank=rank, num_replicas=num_replicas)
+        super().__init__(
+            systems, m, batch_size, seed, rank=rank, num_replicas=num_replicas,
+            min_batches=min_batches,
+        )  # fmt: skip

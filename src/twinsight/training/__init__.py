@@ -40,8 +40,11 @@ _EXPORTS = {
     "VAL_SPLITS": "splits",
     "carve_validation": "splits",
     "split_train_val": "splits",
+    "split_with_info": "splits",
+    "validation_shape": "splits",
     "augment_choice": "augment",
     "random_affine": "augment",
+    "random_photo": "augment",
     "random_telescope": "augment",
     "BatchDataset": "data",
     "auto_m": "data",
@@ -69,7 +72,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
-    from twinsight.training.augment import augment_choice, random_affine, random_telescope
+    from twinsight.training.augment import (
+        augment_choice,
+        random_affine,
+        random_photo,
+        random_telescope,
+    )
     from twinsight.training.calibration import score_calibration
     from twinsight.training.data import BatchDataset, auto_m, build_sampler, loaders
     from twinsight.training.fitting import LAST_CHECKPOINT, build_trainer, check_resume, fit
@@ -83,7 +91,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
         default_loss,
         prepare,
     )
-    from twinsight.training.splits import VAL_SPLITS, carve_validation, split_train_val
+    from twinsight.training.splits import (
+        VAL_SPLITS,
+        carve_validation,
+        split_train_val,
+        split_with_info,
+        validation_shape,
+    )
     from twinsight.training.targets import (
         TargetSpec,
         auto_log10,

@@ -17,11 +17,39 @@ import torch.nn.functional as F
 from twinsight.config import TrainConfig
 
 
-def augment_choice(cfg: TrainConfig, kind: str) -> str:
-    """The augmentation a run uses: ``--augment``, or for ``auto`` affine for labels, else none."""
+def augment_choice(cfg: TrainConfig, kind: str, channels: int = 1) -> str:
+    """The augmentation a run uses: ``--augment``, or for ``auto``: labels get ``photo`` when
+    the images are RGB (flips and colour jitter suit photographs) and ``affine`` otherwise
+    (a flipped digit or glyph is another symbol); parameters get none."""
     if cfg.data.augment == "auto":
-        return "affine" if kind == "labels" else "none"
+        if kind != "labels":
+            return "none"
+        return "photo" if channels == 3 else "affine"
     return cfg.data.augment
+
+
+def random_photo(
+    x: torch.Tensor, rotate: float, shift: float, scale: float, jitter: float = 0.2
+) -> torch.Tensor:
+    """Photo augmentation: random affine, horizontal flip of half the images and, for RGB,
+    brightness / contrast / saturation jitter of +/- ``jitter`` (values stay in their range)."""
+    x = random_affine(x, rotate, shift, scale)
+    b, dev = x.shape[0], x.device
+    flip = torch.rand(b, device=dev) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    if x.shape[1] != 3 or jitter <= 0:
+        return x
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+
+    def factor() -> torch.Tensor:
+        return (1 + (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * jitter).to(x.dtype)
+
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * factor() + mean * factor()  # contrast, then brightness
+    grey = x.mean(dim=1, keepdim=True)
+    x = (x - grey) * factor() + grey  # saturation
+    return torch.maximum(torch.minimum(x, hi), lo)
 
 
 def random_affine(x: torch.Tensor, rotate: float, shift: float, scale: float) -> torch.Tensor:

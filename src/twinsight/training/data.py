@@ -68,6 +68,41 @@ def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
 
 
+#: Fewest optimizer steps per epoch for class targets (``--min-steps-per-epoch`` default).
+MIN_STEPS_LABELS = 50
+
+
+def min_steps(config: TrainConfig, spec: TargetSpec, train: Collection) -> int:
+    """``--min-steps-per-epoch``, or by default 50 for labels and for parameter tables with
+    one image per system, none for simulations with several views per system.
+
+    A few hundred images at batch 128 make an epoch of 1-2 steps, too few to learn in
+    a run. Simulated systems with several views keep one pass per epoch (their results,
+    the demo's included, as measured).
+    """
+    value = config.trainer.min_steps_per_epoch
+    if value is not None:
+        return int(value)
+    if spec.kind == "labels":
+        return MIN_STEPS_LABELS
+    views = train.items["system"].astype(str).value_counts() if train.has_systems else None
+    return MIN_STEPS_LABELS if views is None or views.max() < 2 else 0
+
+
+def batch_size_for(config: TrainConfig, n: int) -> int:
+    """``--batch-size``, capped at half the training images (at least 2): a batch never
+    holds the whole set, so consecutive batches differ."""
+    batch = min(config.trainer.batch_size, max(2, n // 2))
+    if batch < config.trainer.batch_size:
+        log.info(
+            "batch size %d -> %d: the training set has only %d images",
+            config.trainer.batch_size,
+            batch,
+            n,
+        )
+    return batch
+
+
 def build_sampler(
     config: TrainConfig,
     spec: TargetSpec,
@@ -75,12 +110,20 @@ def build_sampler(
     rank: int = 0,
     world: int = 1,
 ) -> Any:
-    """The training batch sampler (m-per-class, m-per-system or random) for one rank."""
+    """The training batch sampler (m-per-class, m-per-system or random) for one rank.
+
+    ``--sampler auto`` adapts to the data and says so in the log: m-per-class for
+    labels, m-per-system with systems, with the largest m the groups allow; it falls
+    back to random batches when groups have a single image. An explicit ``--sampler``
+    or ``--m`` is taken as given (a misfit is an error that says what to change).
+    """
     kind = config.sampler.kind
-    batch, seed = config.trainer.batch_size, config.trainer.seed
+    batch = batch_size_for(config, len(train))
+    seed, steps = config.trainer.seed, min_steps(config, spec, train)
+    replicas = {"rank": rank, "num_replicas": world, "min_batches": steps}
+    m = config.sampler.m
     if kind == "auto":
-        kind = _auto_sampler(spec, train)
-    replicas = {"rank": rank, "num_replicas": world}
+        kind, m, batch = _auto_sampler(spec, train, batch, m)
     if kind == "random":
         return RandomBatchSampler(len(train), min(batch, len(train)), seed, True, **replicas)
     if kind == "m-per-class" and spec.kind != "labels":
@@ -95,14 +138,73 @@ def build_sampler(
             )
         groups = train.items["system"].astype(str).to_numpy()
         cls = MPerSystemSampler
-    m = config.sampler.m or auto_m(groups, batch, 2 if kind == "m-per-class" else 4)
+    m = m or auto_m(groups, batch, 2 if kind == "m-per-class" else 4)
     return cls(groups, m, batch, seed, **replicas)
 
 
-def _auto_sampler(spec: TargetSpec, train: Collection) -> str:
+def _auto_sampler(
+    spec: TargetSpec, train: Collection, batch: int, m: int | None
+) -> tuple[str, int | None, int]:
+    """The sampler ``auto`` picks, its m (None: :func:`auto_m`) and batch size, logged."""
     if spec.kind == "labels":
-        return "m-per-class"
-    return "m-per-system" if train.has_systems else "random"
+        kind, column = "m-per-class", "label"
+    elif train.has_systems:
+        kind, column = "m-per-system", "system"
+    else:
+        return "random", None, batch
+    counts = train.items[column].astype(str).value_counts()
+    what = "class" if column == "label" else "system"
+    if counts.max() < 2:
+        log.info(
+            "sampler: every %s has a single image, so %s cannot put pairs of one %s in a "
+            "batch; using random batches",
+            what,
+            kind,
+            what,
+        )
+        return "random", None, batch
+    if m is None:
+        fits = _fitting_m(counts.to_numpy(), batch, 2 if what == "class" else 4)
+        if fits is None:
+            log.info(
+                "sampler: %ss have %d-%d images, too few for %s at batch %d; using random batches",
+                what,
+                counts.min(),
+                counts.max(),
+                kind,
+                batch,
+            )
+            return "random", None, batch
+        m, batch = fits
+    return kind, m, batch
+
+
+def _fitting_m(counts: np.ndarray, batch: int, smallest: int) -> tuple[int, int] | None:
+    """The m (and batch size, a multiple of it) that every group can fill; logged when smaller.
+
+    First :func:`auto_m`'s choice when every group can fill it; else m = the smallest
+    group's size (at most batch / groups, at least 2) and the batch rounded down to
+    groups x m. None when a group has a single image or fewer than 2 groups fit.
+    """
+    m = auto_m(np.repeat(np.arange(len(counts)), counts), batch, smallest)
+    if batch % m == 0 and batch // m <= len(counts) and m <= counts.min():
+        return m, batch
+    low = int(counts.min())
+    if low < 2:
+        return None
+    m = min(low, max(2, batch // len(counts)))
+    groups = min(len(counts), batch // m)
+    if groups < 2:
+        return None
+    fitted = groups * m
+    log.info(
+        "sampler: the smallest group has %d images; using m=%d, %d groups per batch (batch %d)",
+        low,
+        m,
+        groups,
+        fitted,
+    )
+    return m, fitted
 
 
 def auto_m(groups: np.ndarray, batch: int, smallest: int) -> int:

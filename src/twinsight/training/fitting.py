@@ -279,6 +279,7 @@ def _finish(
         "train_seconds": round(seconds, 2),
         "train_images": len(prep.train),
         "val_images": len(prep.val),
+        "validation": dict(prep.validation),
         "final": {k: float(v) for k, v in final.items()},
         "best_checkpoint": str(best_path) if best_path else None,
     }

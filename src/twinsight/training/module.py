@@ -13,7 +13,12 @@ from twinsight.data.targets import TargetSpec, target_matrix
 from twinsight.errors import TwinsightError
 from twinsight.losses import create_loss
 from twinsight.models.encoders import create_encoder
-from twinsight.training.augment import augment_choice, random_affine, random_telescope
+from twinsight.training.augment import (
+    augment_choice,
+    random_affine,
+    random_photo,
+    random_telescope,
+)
 from twinsight.training.metrics import validation_metrics
 
 NAN_MESSAGE = (
@@ -48,7 +53,7 @@ class SiameseModule(pl.LightningModule):
         name = enc.pop("name", cfg.encoder.name)
         self.encoder = create_encoder(name, weights=cfg.encoder.weights, **enc)
         self.loss_fn = create_loss(loss_name, **cfg.loss.options)
-        self.augment = augment_choice(cfg, self.spec.kind)
+        self.augment = augment_choice(cfg, self.spec.kind, int(enc.get("in_channels", 1)))
         self.history: list[dict[str, float]] = []
         self._loss_sum = 0.0
         self._loss_n = 0
@@ -70,6 +75,8 @@ class SiameseModule(pl.LightningModule):
         d = self.cfg.data
         if self.augment == "affine":
             x = random_affine(x, d.rotate, d.shift, d.scale)
+        elif self.augment == "photo":
+            x = random_photo(x, d.rotate, d.shift, d.scale)
         elif self.augment == "telescope":
             x = random_telescope(x, d.beam, d.snr)
         loss = self.pair_loss(x, y)

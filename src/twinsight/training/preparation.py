@@ -21,7 +21,7 @@ from twinsight.errors import TwinsightError
 from twinsight.losses import create_loss
 from twinsight.models.encoders import create_encoder
 from twinsight.training.data import build_sampler
-from twinsight.training.splits import split_train_val
+from twinsight.training.splits import split_with_info, validation_shape
 from twinsight.training.targets import resolve_targets, target_arrays
 
 #: What torch says when an input is smaller than a kernel, a pooling window or a padding.
@@ -49,6 +49,7 @@ class Prepared:
     encoder_config: dict
     sampler: Any
     fingerprint: str
+    validation: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def targets_dict(self) -> dict[str, Any]:
@@ -73,13 +74,23 @@ def data_fingerprint(collection: Collection) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare(config: TrainConfig, collection: Collection, val: Collection | None = None) -> Prepared:
-    """Validate a run against its data and build its parts (no files are touched)."""
+def prepare(
+    config: TrainConfig,
+    collection: Collection,
+    val: Collection | None = None,
+    validation: dict[str, Any] | None = None,
+) -> Prepared:
+    """Validate a run against its data and build its parts (no files are touched).
+
+    ``validation`` describes a given ``val`` (from :func:`split_with_info`); it goes into
+    ``metrics.json``.
+    """
     spec = resolve_targets(config, collection)
     if val is None:
-        train, val = split_train_val(collection, config)
+        train, val, shape = split_with_info(collection, config)
     else:
         train = collection
+        shape = validation or validation_shape(val, "given validation collection")
     if len(val) < 2 or len(train) < 2:
         raise TwinsightError(
             f"collection '{collection.name}': {len(train)} training and {len(val)} validation "
@@ -104,6 +115,7 @@ def prepare(config: TrainConfig, collection: Collection, val: Collection | None 
         encoder_config=dict(getattr(encoder, "config", {})),
         sampler=sampler,
         fingerprint=data_fingerprint(train) + data_fingerprint(val)[:8],
+        validation=shape,
     )
 
 
