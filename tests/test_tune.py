@@ -82,7 +82,7 @@ def test_bad_trials_fail_with_reason_and_never_count_best(digits, tmp_path):
     result = twinsight.tune(
         digits, tmp_path / "study", TINY_BASE, trials=3, epochs=1, space=space, pruner="none",
         enqueue=[{"optim.lr": 1e3}, {"encoder.options.channels": "[8, 16, 32, 64, 128]"}],
-        progress=False,
+        progress=False, retrain_best=True, on="train",
     )  # fmt: skip
     trials = result.study.get_trials()
     huge, unbuildable = trials[1], trials[2]
@@ -93,6 +93,7 @@ def test_bad_trials_fail_with_reason_and_never_count_best(digits, tmp_path):
         assert huge.value < trials[0].value
     assert result.best_trial == 0 and result.n_failed >= 1
     assert result.to_dict()["trials"]["failed"] == result.n_failed
+    assert (result.best_run / "model").is_dir() and result.best_run_score > 0.3
 
 
 def test_pruner_stops_a_poor_trial_before_the_budget(digits, tmp_path):
@@ -123,7 +124,10 @@ def _other_space_storage(tmp_path: Path) -> str:
         ("unknown-field", "unknown key 'optim.lrr'; valid keys here: lr, weight_decay"),
         ("unknown-option", "unknown field 'encoder.options.widthh'"),
         ("empty-range", "empty range"),
-        ("unreachable", "cannot open the study storage 'postgresql://tw:***@127.0.0.1:9/none'"),
+        (
+            "unreachable",
+            "cannot open the study storage 'postgresql+psycopg2://tw:***@127.0.0.1:9/none'",
+        ),
         ("exists", "exists; pass --resume"),
         ("other-space", "exists with another search space"),
     ],
@@ -139,7 +143,7 @@ def test_bad_input_is_one_line_exit_2(run_cli, tmp_path, case, expected):
     space.write_text(yaml.safe_dump(entries))
     args = ["tune", "digits", "--out", out, "--space", space, "--trials", "1"]
     if case == "unreachable":
-        args += ["--storage", "postgresql://tw:secret@127.0.0.1:9/none"]
+        args += ["--storage", "postgresql+psycopg2://tw:secret@127.0.0.1:9/none"]
     if case == "exists":
         out.mkdir()
     if case == "other-space":

@@ -393,13 +393,31 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             path = Path(url[len("journal://") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        return _rdb_storage(url)
     except Exception as exc:  # sqlalchemy, driver and OS errors alike: the URL is the news
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TwinsightError(
             f"cannot open the study storage '{redact(url)}': {reason}; check the URL and that "
             "the server is running"
         ) from None
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An RDB storage; retried when workers started together race to create the schema
+    (PostgreSQL refuses the second ``CREATE TABLE`` with a unique violation)."""
+    import random
+    import time
+
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random())  # noqa: S311 - jitter, not security
+    raise AssertionError("unreachable")
 
 
 def redact(url: str) -> str:
