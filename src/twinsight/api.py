@@ -655,7 +655,7 @@ def tune(
     if trials is not None and trials < 1:
         raise TwinsightError(f"--trials must be >= 1, got {trials}")
     cfg = resolve_config(config, **overrides)
-    cfg = apply_overrides(cfg, {"trainer.epochs": epochs, "runtime.progress": False})
+    cfg = apply_overrides(cfg, {"trainer.epochs": epochs})
     collection = data if isinstance(data, Collection) else open_collection(data)
     kind = resolve_targets(cfg, collection).kind
     entries = tuning.default_space(kind)
@@ -665,14 +665,20 @@ def tune(
     metric = tuning.resolve_metric(metric)
     url = tuning.storage_url(storage, study_dir)
     pruner_obj = tuning.make_pruner(pruner, cfg.trainer.epochs)
+    created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
-    study = tuning.open_study(
-        tuning.open_storage(url),
-        study_name,
-        signature={"space": checked, "metric": metric},
-        seed=seed,
-        pruner=pruner_obj,
-    )
+    try:
+        study = tuning.open_study(
+            tuning.open_storage(url),
+            study_name,
+            signature={"space": checked, "metric": metric},
+            seed=seed,
+            pruner=pruner_obj,
+        )
+    except TwinsightError:
+        if created:  # a storage we could not open leaves no STUDY_DIR behind
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
     if baseline and not study.get_trials(deepcopy=False):
         study.enqueue_trial(
             tuning.baseline_point(cfg, checked, kind), user_attrs={"baseline": True}

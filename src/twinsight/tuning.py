@@ -485,7 +485,10 @@ class Objective:
             quiet = _QuietPruned(callback)
             logging.getLogger("twinsight.api").addFilter(quiet)
             try:
-                result = self.train(self.collection, out, cfg, overwrite=True, callbacks=[callback])
+                quiet_cfg = apply_overrides(cfg, {"runtime.progress": False})  # one bar: trials
+                result = self.train(
+                    self.collection, out, quiet_cfg, overwrite=True, callbacks=[callback]
+                )
             finally:
                 logging.getLogger("twinsight.api").removeFilter(quiet)
                 trial.set_user_attr("epochs_reported", callback.reported)
