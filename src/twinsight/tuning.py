@@ -213,13 +213,17 @@ def _apply(base: TrainConfig, name: str, value: Any, source: str) -> TrainConfig
 
 
 def _check_option_key(base: TrainConfig, name: str, source: str) -> None:
-    """``encoder.options.X`` / ``loss.options.X``: X must be an option of the encoder/loss."""
+    """``encoder.options.X`` / ``loss.options.X``: X must be an option of some registered
+    encoder / loss (the space may switch encoder or loss, so the union is the test; the
+    builder refuses an option its encoder lacks when the trial runs, recorded FAIL)."""
     from twinsight.losses import list_losses, loss_options
     from twinsight.models.encoders import encoder_defaults, list_encoders
 
     parts = name.split(".")
     if len(parts) != 3 or parts[1] != "options" or parts[0] not in ("encoder", "loss"):
         return
+    if parts[0] == "encoder" and base.encoder.name.startswith("timm:"):
+        return  # a timm model's keyword arguments are timm's to check
     if parts[0] == "encoder":
         valid = {
             k
@@ -638,7 +642,7 @@ def write_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     n_complete = counts(study)["complete"]
     draw: dict[str, Callable[[optuna.Study], Any]] = {"history": ovm.plot_optimization_history}
-    if n_complete >= 2 and len(study.best_params if n_complete else {}) >= 1:
+    if n_complete >= 2 and study.best_params:
         draw["importances"] = ovm.plot_param_importances
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
         draw["intermediate"] = ovm.plot_intermediate_values
