@@ -92,6 +92,8 @@ def measure(repeats: int = 3, epochs: int = 2) -> dict:
         "plain_train_s": round(p, 2),
         "trial_s": round(tr, 2),
         "tune_call_s": round(c, 2),
+        "plain_runs_s": [round(v, 2) for v in plain],
+        "trial_runs_s": [round(v, 2) for v in trials],
         "overhead_trial_pct": round(100 * (tr / p - 1), 1),
         "overhead_call_pct": round(100 * (c / p - 1), 1),
         "trials_per_hour": round(3600 / c),
@@ -119,6 +121,9 @@ def write_section(result: dict, path: Path = ROOT / "BENCHMARKS.md") -> None:
         f"Overhead per trial: **{result['overhead_trial_pct']} %** (goal <= 10 %); per call, "
         f"with the study files and figures rewritten: {result['overhead_call_pct']} %. "
         f"Trials per hour in this setup: **{result['trials_per_hour']}**.\n\n"
+        f"Every run (s): plain {result['plain_runs_s']}, trials {result['trial_runs_s']}. "
+        "On a shared machine the spread between runs can exceed the overhead being "
+        "measured; compare the medians only when the runs agree.\n\n"
         "Run: `OMP_NUM_THREADS=2 python benchmarks/tune.py --repeats 3`\n"
     )
     text = path.read_text() if path.exists() else "# Benchmarks\n"
