@@ -45,6 +45,7 @@ _API = {
     "match": "twinsight.api",
     "evaluate": "twinsight.api",
     "fid": "twinsight.api",
+    "tune": "twinsight.api",
     "run_demo": "twinsight.demo",
     # the types it returns and takes
     "TrainConfig": "twinsight.config",
@@ -57,6 +58,7 @@ _API = {
     "Evaluation": "twinsight.results",
     "FidResult": "twinsight.results",
     "TrainResult": "twinsight.results",
+    "TuneResult": "twinsight.tuning",
     "DemoResult": "twinsight.demo",
     # building blocks and registries
     "ParameterNormalizer": "twinsight.data.params",

@@ -691,3 +691,123 @@ def pack(
         collection = open_collection(source, image_size=image_size, hdu=hdu)
         path = pack_collection(collection, out, overwrite=overwrite, batch_size=batch_size)
     return open_collection(path)
+
+
+def tune(
+    data: str | os.PathLike | Collection,
+    out: str | os.PathLike,
+    config: TrainConfig | dict | str | os.PathLike | None = None,
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str = "twinsight",
+    space: str | os.PathLike | dict | None = None,
+    metric: str = "auto",
+    pruner: str = "asha",
+    epochs: int | None = None,
+    resume: bool = False,
+    retrain_best: bool = False,
+    on: str = "train+val",
+    seed: int = 0,
+    baseline: bool = True,
+    enqueue: Sequence[dict[str, Any]] = (),
+    progress: bool = True,
+    **overrides: Any,
+) -> Any:
+    """Search hyperparameters with Optuna; every trial is a :func:`train` run.
+
+    STUDY_DIR (``out``) receives ``study.db`` (unless ``storage`` is given: any Optuna
+    URL, or ``journal:///path.log`` for a shared file system), ``trials/NNNN`` (each
+    trial's run), ``best.yaml`` (loadable by ``train --config``), ``trials.csv`` and
+    figures. ``space`` (a YAML path or dict of dotted fields) overrides entries of the
+    default space for the target type. ``baseline`` runs the base configuration first,
+    so the search is compared with the defaults in the same study. ``trials`` counts
+    this process's trials; several processes on one storage share the study.
+    Returns a :class:`twinsight.tuning.TuneResult`.
+    """
+    from twinsight import tuning
+    from twinsight.training.targets import resolve_targets
+
+    study_dir = Path(out)
+    if study_dir.exists() and not resume:
+        raise TwinsightError(
+            f"study folder '{study_dir}' exists; pass --resume to continue (or join) its "
+            "study, or choose another --out"
+        )
+    if on not in ("train", "train+val"):
+        raise TwinsightError(f"--on must be 'train' or 'train+val', got '{on}'")
+    if trials is not None and trials < 1:
+        raise TwinsightError(f"--trials must be >= 1, got {trials}")
+    cfg = resolve_config(config, **overrides)
+    cfg = apply_overrides(cfg, {"trainer.epochs": epochs})
+    collection = data if isinstance(data, Collection) else open_collection(data)
+    kind = resolve_targets(cfg, collection).kind
+    entries = tuning.default_space(kind)
+    user = tuning.load_space(space) if isinstance(space, str | os.PathLike) else space
+    entries.update({tuning.canonical_name(k): v for k, v in (user or {}).items()})
+    checked = tuning.check_space(entries, cfg, source=f"search space {space or '(default)'}")
+    metric = tuning.resolve_metric(metric)
+    url = tuning.storage_url(storage, study_dir)
+    pruner_obj = tuning.make_pruner(pruner, cfg.trainer.epochs)
+    created = not study_dir.exists()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        study = tuning.open_study(
+            tuning.open_storage(url),
+            study_name,
+            signature={"space": checked, "metric": metric},
+            seed=seed,
+            pruner=pruner_obj,
+        )
+    except TwinsightError:
+        if created:  # a storage we could not open leaves no STUDY_DIR behind
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
+    if baseline and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(
+            tuning.baseline_point(cfg, checked, kind), user_attrs={"baseline": True}
+        )
+    for point in enqueue:
+        study.enqueue_trial({tuning.canonical_name(k): v for k, v in point.items()})
+    objective = tuning.Objective(train, collection, cfg, checked, study_dir / "trials", metric)
+    n_trials = trials if trials is not None or timeout is not None else 20
+    tuning.run_study(study, objective, n_trials=n_trials, timeout=timeout, progress=progress)
+    return _tune_result(study, study_dir, url, metric, collection, retrain_best, on)
+
+
+def _tune_result(study, study_dir, url, metric, collection, retrain_best, on):  # noqa: ANN001, ANN202
+    """Write best.yaml, trials.csv and the figures; retrain the best config when asked."""
+    from twinsight import tuning
+
+    best_path, csv = tuning.write_outputs(study, study_dir)
+    figures = tuning.write_figures(study, study_dir)
+    n = tuning.counts(study)
+    best = tuning.best_trial(study)
+    result = tuning.TuneResult(
+        study_dir=study_dir,
+        study_name=study.study_name,
+        storage=url,
+        metric=metric,
+        n_trials=n["total"],
+        n_complete=n["complete"],
+        n_pruned=n["pruned"],
+        n_failed=n["failed"],
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        best_params=dict(best.params) if best else {},
+        best_config=best_path,
+        trials_csv=csv,
+        figures=figures,
+        study=study,
+    )
+    if retrain_best:
+        if best_path is None:
+            raise TwinsightError(
+                f"--retrain-best: study '{study.study_name}' has no completed trial"
+            )
+        data = tuning.merge_val_into_train(collection) if on == "train+val" else collection
+        run = train(data, study_dir / "best_run", load_config(best_path), overwrite=True)
+        result.best_run = run.run
+        result.best_run_score = run.metrics["final"].get(metric)
+    return result

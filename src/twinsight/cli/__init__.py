@@ -21,7 +21,7 @@ from twinsight.cli._app import app, err_console
 from twinsight.errors import TwinsightError
 
 _CHATTY_LOGGERS = ("PML", "lightning.pytorch", "lightning.fabric", "faiss")
-_TRAINING_COMMANDS = ("train", "demo")
+_TRAINING_COMMANDS = ("train", "tune", "demo")
 
 
 def _version_callback(value: bool) -> None:
@@ -76,6 +76,7 @@ def _root(
 from twinsight.cli import simulate as _simulate  # noqa: E402,F401
 from twinsight.cli import data as _data  # noqa: E402,F401
 from twinsight.cli import train as _train  # noqa: E402,F401
+from twinsight.cli import tune as _tune  # noqa: E402,F401
 from twinsight.cli import search as _search  # noqa: E402,F401
 from twinsight.cli import demo as _demo  # noqa: E402,F401
 from twinsight.cli import serve as _serve  # noqa: E402,F401
