@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _bench import update_section
 
 from twinsight.data.collection import Collection
 from twinsight.embedding import embed_collection, embed_images
@@ -191,21 +192,6 @@ def _markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def update_benchmarks(text: str) -> None:
-    """Replace (or append) only the "Matching and search" section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else old[nxt:])
-    tmp = path.with_suffix(".md.part")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collection", type=int, default=10_000)
@@ -237,7 +223,7 @@ def main() -> None:
     print(f"batch 100: faiss {v['faiss_batch100_s']:.3f} s, numpy {v['numpy_batch100_s']:.3f} s")
     res["machine"]["load_end"] = round(os.getloadavg()[0], 2)
     if not args.no_write:
-        update_benchmarks(_markdown(res))
+        update_section(_markdown(res))
     print(json.dumps(res))
 
 

@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 import psutil
 import torch
+from _bench import update_section
 from PIL import Image
 
 import twinsight
@@ -211,21 +212,6 @@ def _markdown(res: dict) -> str:
     )
 
 
-def update_benchmarks(text: str) -> None:
-    """Replace (or append) only the "Web server" section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else old[nxt:])
-    tmp = path.with_suffix(".md.part")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
@@ -254,7 +240,7 @@ def main() -> None:
     print(f"memory: {s['rss_before_mb']:.0f} -> {s['rss_after_mb']:.0f} MiB")
     print(f"CLI per process: {s['cli_per_query_s']:.2f} s/query ({s['speedup_vs_cli']:.0f}x)")
     if not args.no_write:
-        update_benchmarks(_markdown(res))
+        update_section(_markdown(res))
     print(json.dumps(res))
 
 

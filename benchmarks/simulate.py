@@ -23,15 +23,14 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _bench import update_section  # noqa: E402
 
-from twinsight.fsutil import write_text_atomic  # noqa: E402
 from twinsight.simulator import draw_views, render_system, simulate_systems  # noqa: E402
 from twinsight.simulator.priors import STREAM_NOISE, system_rng  # noqa: E402
 from twinsight.simulator.writers import write_packed_simulation  # noqa: E402
@@ -139,17 +138,6 @@ Target: at least 1,000 images/s at 64x64 on one core.
 """
 
 
-def update_benchmarks(text: str, path: Path) -> None:
-    """Replace (or append) the "## Simulator" section of BENCHMARKS.md, leaving the rest."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Simulator\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    write_text_atomic(path, new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", type=int, default=125)
@@ -162,7 +150,7 @@ def main() -> None:
     text = section(result)
     print(text)
     if not args.no_write:
-        update_benchmarks(text, ROOT / "BENCHMARKS.md")
+        update_section(text)
     print(json.dumps(result))
 
 

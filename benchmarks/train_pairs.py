@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import time
 from functools import partial
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _bench import update_section
 
 from twinsight.data.readers import open_collection
 from twinsight.data.transforms import preprocess
@@ -127,15 +127,7 @@ def write_section(result: dict, path: Path = ROOT / "BENCHMARKS.md") -> None:
         f"| **ratio** | **{result['ratio']}x** |\n\n"
         "Run: `OMP_NUM_THREADS=2 python benchmarks/train_pairs.py --repeats 5`\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"## Training\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(section.rstrip("\n"), text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(".md.part")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    update_section(section, path)
 
 
 def main() -> None:

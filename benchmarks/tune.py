@@ -26,11 +26,12 @@ import json
 import logging
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import update_section
 
 import twinsight
 from twinsight.tuning import default_space
@@ -126,15 +127,7 @@ def write_section(result: dict, path: Path = ROOT / "BENCHMARKS.md") -> None:
         "measured; compare the medians only when the runs agree.\n\n"
         "Run: `OMP_NUM_THREADS=2 python benchmarks/tune.py --repeats 3`\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"## Tuning\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(section.rstrip("\n"), text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(".md.part")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    update_section(section, path)
 
 
 def main() -> None:
