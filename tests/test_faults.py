@@ -26,12 +26,12 @@ import torch
 from astropy.io import fits
 from PIL import Image
 
-from twinsight.api import _publish, partial_dir
 from twinsight.data.packed import read_packed, write_packed
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import atomic_file, output_lock
 from twinsight.models.bundle import META_FILE, ModelBundle
 from twinsight.models.encoders import create_encoder
+from twinsight.runs import _publish, partial_dir
 
 SIZE = 16
 ROOT = Path(__file__).resolve().parents[1]
