@@ -386,23 +386,39 @@ def test_plots_ranked_pairs_and_curves(tmp_path):
         plot_training_curves(history, tmp_path / "c.bmp2")
 
 
-def test_telescope_augmentation_blurs_and_adds_noise_to_about_half():
-    from twinsight.training import random_telescope
+def test_instrument_augmentation_blurs_shifts_and_adds_noise_to_all_but_the_clean_share():
+    from twinsight.instrument import InstrumentRange
+    from twinsight.training import random_instrument
 
     torch.manual_seed(0)
-    x = torch.zeros(64, 1, 16, 16)
+    x = torch.zeros(200, 1, 16, 16)
     x[:, :, 8, 8] = 1.0  # point sources: a beam spreads them
-    out = random_telescope(x, max_beam=3.0, min_snr=10.0)
+    rng = InstrumentRange(beam_min=1.0, beam_max=3.0, snr_min=10.0, noise_free=0.0, clean=0.25)
+    out = random_instrument(x, rng)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
     changed = (out - x).abs().amax(dim=(1, 2, 3)) > 1e-6
-    assert 16 <= int(changed.sum()) <= 48  # about half of the batch
+    assert 120 <= int(changed.sum()) <= 175  # 75 % degraded
     seen = out[changed]
     assert (seen[:, 0, 0, 0] != 0).any()  # noise reaches the empty background
     neighbours = seen[:, 0, 8, 9] - seen[:, 0, 0, 0]
     assert float(neighbours.mean()) > 0.05  # light spread next to the source
-    untouched = out[~changed]
-    torch.testing.assert_close(untouched, x[~changed])
+    torch.testing.assert_close(out[~changed], x[~changed])
+
+
+def test_instrument_augmentation_noise_free_share_has_no_noise():
+    from twinsight.instrument import InstrumentRange
+    from twinsight.training import random_instrument
+
+    torch.manual_seed(1)
+    x = torch.zeros(50, 1, 24, 24)
+    x[:, :, 12, 12] = 1.0
+    rng = InstrumentRange(
+        beam_min=2.0, beam_max=2.0, min_axis_ratio=1.0, noise_free=1.0, clean=0.0, shift=0.0
+    )
+    out = random_instrument(x, rng)
+    assert float(out[:, 0, :3, :3].abs().max()) < 1e-4  # far from the source: nothing
+    assert torch.allclose(out[0], out[-1], atol=1e-5)  # one beam, no noise: the same image
 
 
 def test_cli_train_with_telescope_augmentation(tmp_path, run_cli):

@@ -27,6 +27,7 @@ from twinsight.fsutil import (
 )
 from twinsight.index import SimilarityIndex
 from twinsight.inference import ParameterEstimate, Queries
+from twinsight.instrument import Instrument, parse_instrument
 from twinsight.models.bundle import ModelBundle
 from twinsight.results import (
     CollectionInfo,
@@ -237,15 +238,25 @@ def search(
     model: ModelLike | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    distance: float | None = None,
+    pixel_scale: float | None = None,
+    beam: str | float | None = None,
+    noise: float | None = None,
 ) -> SearchResult:
-    """The ``k`` most similar indexed items for each query image (reverse image search)."""
+    """The ``k`` most similar indexed items for each query image (reverse image search).
+
+    Observations (FITS with a celestial WCS, or ``pixel_scale`` given) are brought onto the
+    library's grid first, as :func:`match` does.
+    """
     from twinsight.inference import embed_queries
     from twinsight.validation import check_positive_int
 
     k = check_positive_int(k, "k")
     index = _index(index)
     bundle = index_model(index, model)
-    queries = _queries(images, bundle)
+    queries, _ = _observed_queries(
+        images, index, bundle, distance=distance, pixel_scale=pixel_scale, beam=beam, noise=noise
+    )
     sims, positions = index.search(
         embed_queries(bundle, queries), min(k, len(index)), nprobe=nprobe, ef_search=ef_search
     )
@@ -262,12 +273,27 @@ def search(
     )
 
 
-def compare(model: ModelLike, image_a: ImagesLike, image_b: ImagesLike) -> Comparison:
-    """Verification: the similarity of two images, its calibrated probability and decision."""
+def compare(
+    model: ModelLike,
+    image_a: ImagesLike,
+    image_b: ImagesLike,
+    *,
+    distance: float | None = None,
+    pixel_scale: float | None = None,
+    beam: str | float | None = None,
+    noise: float | None = None,
+) -> Comparison:
+    """Verification: the similarity of two images, its calibrated probability and decision.
+
+    An observation (FITS with a celestial WCS, or ``pixel_scale`` given) is brought onto the
+    grid the model was trained on first, as :func:`match` does.
+    """
     from twinsight.inference import decision_threshold, embed_queries, probability
 
     bundle = load_model(model)
-    qa, qb = _queries(image_a, bundle), _queries(image_b, bundle)
+    intake = {"distance": distance, "pixel_scale": pixel_scale, "beam": beam, "noise": noise}
+    qa, _ = _observed_queries(image_a, None, bundle, **intake)
+    qb, _ = _observed_queries(image_b, None, bundle, **intake)
     if len(qa.items) != 1 or len(qb.items) != 1:
         raise TwinsightError(
             f"compare takes one image on each side; got {len(qa.items)} and {len(qb.items)}"
@@ -292,22 +318,37 @@ def match(
     temperature: float | None = None,
     exclude_systems: Sequence[Any] | Any | None = None,
     params: Sequence[str] | None = None,
+    instrument: Instrument | str | None = None,
+    distance: float | None = None,
+    pixel_scale: float | None = None,
+    beam: str | float | None = None,
+    noise: float | None = None,
 ) -> ParameterEstimate | list[ParameterEstimate]:
     """Best-match parameter estimates of observed images against an index of simulations.
 
     ``images`` is one image (a path or an array [H, W] / [C, H, W]): one
     :class:`ParameterEstimate` is returned; for several (a list, or [N, C, H, W]) a list.
-    The number of matches, the weighting and the interval inflation are the ones
-    calibrated at training time unless ``top`` / ``threshold`` / ``weighting`` /
-    ``temperature`` are given. ``exclude_systems`` leaves systems out of the matches.
+
+    A FITS observation with a celestial WCS (or any image with ``pixel_scale``) goes
+    through the intake (:func:`twinsight.intake.read_observation`): its pixel scale
+    (WCS and ``distance`` in pc, or ``pixel_scale`` in AU/pixel), beam (header or ``beam``)
+    and noise (header, ``noise``, or estimated) are derived, and it is centred and resampled
+    onto the library's grid. The intervals are then calibrated for that instrument
+    (``instrument`` overrides it, e.g. ``"beam=2,snr=30"``), and each estimate reports its
+    typicality. The number of matches, the weighting and the interval inflation are the
+    calibrated ones unless ``top`` / ``threshold`` / ``weighting`` / ``temperature`` are
+    given. ``exclude_systems`` leaves systems out of the matches.
     """
-    from twinsight.inference import embed_queries, estimate_parameters, query_truths
+    from twinsight.inference import embed_queries
 
     index = _index(index)
     bundle = index_model(index, model)
     columns = list(params) if params else index.param_columns
     index.check_params(columns)
-    queries = _queries(images, bundle)
+    given = parse_instrument(instrument) if isinstance(instrument, str) else instrument
+    queries, observations = _observed_queries(
+        images, index, bundle, distance=distance, pixel_scale=pixel_scale, beam=beam, noise=noise
+    )
     if top is not None and top > len(index):
         log.info(
             "top %d is larger than the index (%d items); using %d", top, len(index), len(index)
@@ -316,23 +357,159 @@ def match(
     excluded = _check_excluded(index, exclude_systems)
     if len(excluded) > 1:
         index = _without_systems(index, excluded)
-    estimates = estimate_parameters(
-        index,
-        embed_queries(bundle, queries),
-        top=top,
-        threshold=threshold,
-        weighting=weighting,
-        temperature=temperature,
-        exclude_systems=excluded[0] if len(excluded) == 1 else None,
-        columns=columns,
-        matching=bundle.matching or index.meta.get("matching"),
-        truths=query_truths(queries, columns),
-        query_names=queries.names,
-    )
+    instruments = [given or (o.instrument if o is not None else None) for o in observations]
+    estimates = _estimates_by_instrument(
+        index, bundle, embed_queries(bundle, queries), queries, instruments, observations,
+        columns=columns, excluded=excluded[0] if len(excluded) == 1 else None,
+        settings={"top": top, "threshold": threshold, "weighting": weighting,
+                  "temperature": temperature},
+    )  # fmt: skip
     single = isinstance(images, (str, os.PathLike)) or (
         isinstance(images, np.ndarray) and images.ndim < 4
     )
     return estimates[0] if single and len(estimates) == 1 else estimates
+
+
+def _observed_queries(
+    images: ImagesLike, index: SimilarityIndex | None, bundle: ModelBundle, **intake: Any
+) -> tuple[Queries, list[Any]]:
+    """The queries, and for each the intake's :class:`~twinsight.intake.Observation` or None.
+
+    FITS files with a celestial WCS, and any path or array when ``pixel_scale`` is given,
+    go through the intake; other images are taken as already on the library's grid.
+    """
+    paths = _paths(images)
+    wants = intake.get("distance") is not None or intake.get("pixel_scale") is not None
+    if paths is None and intake.get("pixel_scale") is None:
+        queries = _queries(images, bundle)
+        return queries, [None] * len(queries.items)
+    from twinsight.inference import load_queries, queries_from_arrays
+    from twinsight.intake import needs_intake, observation_from_array, read_observation
+
+    grid = _library_grid(index, bundle)
+    if paths is None:
+        array = np.asarray(images, dtype=np.float32)
+        batch = array.reshape((-1, *array.shape[-2:])) if array.ndim >= 2 else array
+        given = {k: intake.get(k) for k in ("pixel_scale", "beam", "noise")}
+        obs = [
+            observation_from_array(img, **grid, **given, source=f"array[{i}]")
+            for i, img in enumerate(batch)
+        ]
+        queries = queries_from_arrays(np.stack([o.image for o in obs]), bundle.preprocessing)
+        return queries, obs
+    if not any(wants or needs_intake(p) for p in paths):
+        queries = load_queries(paths, bundle.preprocessing)
+        return queries, [None] * len(queries.items)
+    obs, items = [], []
+    for path in paths:
+        if not (wants or needs_intake(path)):
+            raise TwinsightError(
+                f"'{path}' has no celestial WCS while other queries do; match observations "
+                "and library-grid images separately, or give --pixel-scale"
+            )
+        o = read_observation(path, **grid, **intake)
+        obs.append(o)
+        items.append(load_queries([path], bundle.preprocessing).items)
+    import pandas as pd
+
+    queries = queries_from_arrays(np.stack([o.image for o in obs]), bundle.preprocessing)
+    queries.items = pd.concat(items, ignore_index=True)
+    queries.items["key"] = [str(p) for p in paths]
+    queries.raw = [o.image[None] for o in obs]
+    return queries, obs
+
+
+def _paths(images: ImagesLike) -> list[str] | None:
+    if isinstance(images, (str, os.PathLike)):
+        return [str(images)]
+    if (
+        isinstance(images, Sequence)
+        and images
+        and all(isinstance(i, (str, os.PathLike)) for i in images)
+    ):
+        return [str(i) for i in images]
+    return None
+
+
+def _library_grid(index: SimilarityIndex | None, bundle: ModelBundle) -> dict[str, Any]:
+    """The library's pixel scale (AU/pixel: index.json, else the model's training data) and
+    image size (the model's)."""
+    scale = (index.meta.get("pixel_scale_au") if index is not None else None) or (
+        bundle.training.get("pixel_scale_au")
+    )
+    if not scale:
+        raise TwinsightError(
+            "neither the index nor the model records the library's pixel scale "
+            "(pixel_scale_au), so an observation cannot be brought onto its grid; give "
+            "images already on the library's grid, or rebuild the index with this version of "
+            "twinsight from a simulated set"
+        )
+    return {"library_pixel_scale": float(scale), "library_size": int(bundle.preprocessing.size[0])}
+
+
+def _estimates_by_instrument(
+    index: SimilarityIndex,
+    bundle: ModelBundle,
+    embeddings: np.ndarray,
+    queries: Queries,
+    instruments: list[Instrument | None],
+    observations: list[Any],
+    *,
+    columns: list[str],
+    excluded: str | None,
+    settings: dict[str, Any],
+) -> list[ParameterEstimate]:
+    """Estimates of each query, calibrated for its instrument (one calibration per instrument)."""
+    from twinsight.inference import (
+        calibrate_for_instrument,
+        estimate_parameters,
+        query_truths,
+        range_warnings,
+        typicality,
+    )
+    from twinsight.inference.instrumented import calibration_set_path
+
+    truths = query_truths(queries, columns)
+    calibrations: dict[str, dict[str, Any] | None] = {}
+    out: list[ParameterEstimate] = []
+    for q, inst in enumerate(instruments):
+        warnings = list(observations[q].notes) if observations[q] is not None else []
+        matching = bundle.matching or index.meta.get("matching")
+        if inst is not None and calibration_set_path(bundle) is None:
+            warnings.append(
+                f"not calibrated for {inst.describe()}: the model keeps no validation systems; "
+                "its intervals hold for clean simulations only"
+            )
+            inst_calibrated = None
+        elif inst is not None:
+            if inst.key not in calibrations:
+                calibrations[inst.key] = calibrate_for_instrument(bundle, index, inst)
+            matching = calibrations[inst.key]
+            inst_calibrated = matching.get("instrument")
+            warnings += range_warnings(bundle, inst)
+        else:
+            inst_calibrated = None
+        est = estimate_parameters(
+            index, embeddings[q : q + 1], exclude_systems=excluded, columns=columns,
+            matching=matching, truths=truths[q : q + 1], query_names=[queries.names[q]],
+            **settings,
+        )[0]  # fmt: skip
+        est.instrument = inst_calibrated
+        est.observation = None if observations[q] is None else observations[q].to_dict()
+        if inst_calibrated is not None and len(est.similarities):
+            est.typicality = typicality(matching, float(est.similarities[0]))
+            if est.typicality and est.typicality["atypical"]:
+                warnings.append(
+                    f"this observation looks like none of the simulations seen through "
+                    f"{inst.describe()}: its best-match similarity "
+                    f"{est.typicality['best_similarity']:.3f} is below all but "
+                    f"{est.typicality['p_value']:.1%} of theirs; treat the estimate with care"
+                )
+        est.warnings = warnings
+        for w in warnings:
+            log.warning("%s: %s", queries.names[q], w)
+        out.append(est)
+    return out
 
 
 def _check_excluded(index: SimilarityIndex, exclude: Sequence[Any] | Any | None) -> list[str]:
@@ -373,19 +550,23 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     baseline: str = "auto",
+    instruments: Sequence[Instrument | str] = (),
 ) -> Evaluation:
     """Retrieval, verification, similarity ranking and parameter recovery on one split.
 
     ``baseline="auto"`` adds raw pixels and PCA (fitted on the ``split == "train"`` rows,
     d = the model's embedding dimension) by the same protocol under ``baselines``, and
-    ``worse_than_pca``; ``"none"`` skips them.
+    ``worse_than_pca``; ``"none"`` skips them. ``instruments`` (e.g. ``["beam=2,snr=30"]``
+    or :func:`twinsight.instrument.instrument_grid`) adds recovery and coverage through each,
+    under ``instruments``.
     """
     from twinsight.evaluation import evaluate as evaluate_model
 
     collection = _collection(data)
+    parsed = [parse_instrument(i) if isinstance(i, str) else i for i in instruments]
     raw = evaluate_model(
         load_model(model), collection, split=split, batch_size=batch_size, seed=seed,
-        progress=progress, baseline=baseline,
+        progress=progress, baseline=baseline, instruments=parsed,
     )  # fmt: skip
     metrics = {k: v for k, v in raw.items() if not k.startswith("_")}
     arrays = {"pairs": raw["_pairs"]} if "_pairs" in raw else {}
@@ -394,14 +575,38 @@ def evaluate(
     return Evaluation(metrics, collection, split, arrays)
 
 
-def fid(model: ModelLike, set_a: Any, set_b: Any, *, batch_size: int = 256) -> FidResult:
-    """Fréchet distance between two image sets in the model's embedding space."""
-    from twinsight.embedding import embed_collection
+def fid(
+    model: ModelLike,
+    set_a: Any,
+    set_b: Any,
+    *,
+    batch_size: int = 256,
+    instrument: Instrument | str | None = None,
+    seed: int = 0,
+) -> FidResult:
+    """Fréchet distance between two image sets in the model's embedding space.
+
+    With ``instrument`` (e.g. ``"beam=2,snr=30"``), ``set_b`` (the library) is seen through
+    it first, so that a set of observations is compared with the simulations as that
+    instrument would show them rather than with clean renderings.
+    """
+    from twinsight.embedding import embed_collection, embed_images
     from twinsight.evaluation import frechet_distance
+    from twinsight.instrument import degrade
 
     bundle = load_model(model)
     ea = embed_collection(bundle, _collection(set_a), batch_size=batch_size)
-    eb = embed_collection(bundle, _collection(set_b), batch_size=batch_size)
+    library = _collection(set_b)
+    if instrument is None:
+        eb = embed_collection(bundle, library, batch_size=batch_size)
+    else:
+        inst = parse_instrument(instrument) if isinstance(instrument, str) else instrument
+        rng = np.random.default_rng(seed)
+        eb = np.concatenate([
+            embed_images(bundle.encoder, degrade(images, inst, seed=rng), bundle.preprocessing,
+                         batch_size=batch_size)
+            for _, images in library.iter_batches(batch_size)
+        ])  # fmt: skip
     return FidResult(**frechet_distance(ea, eb))
 
 

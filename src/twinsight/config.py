@@ -50,8 +50,13 @@ class DataConfig(_Section):
         "cosine", description="target similarity of two normalized parameter vectors"
     )
     width: float = Field(1.0, gt=0, description="rbf kernel width (normalized units)")
-    val_fraction: float = Field(
-        0.05, gt=0, lt=1, description="share held out for validation when there is no 'val' split"
+    val_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share held out for validation when there is no 'val' split; default: 5 "
+        "%, and for parameters with multi-view systems 20 % of the systems (at most 300), "
+        "which the interval calibration needs",
     )
     val_split: Literal["auto", "by-class", "within-class"] = Field(
         "auto",
@@ -69,21 +74,21 @@ class DataConfig(_Section):
     normalize: Literal["minmax", "standardize", "none"] | None = Field(
         None, description="per-image normalization (default: the encoder's)"
     )
-    augment: Literal["auto", "none", "affine", "photo", "telescope"] = Field(
+    augment: Literal["auto", "none", "affine", "photo", "instrument", "telescope"] = Field(
         "auto",
         description="training-batch augmentation: affine (random shifts/rotations; auto: on "
         "for labels), photo (affine, horizontal flips and colour jitter; auto: for RGB "
-        "labels) or telescope (random beam blur and noise, so that observations match "
-        "clean simulations)",
+        "labels) or instrument (random beams, noise and sub-pixel shifts, so that "
+        "observations match the simulations; auto: for parameters; telescope: old name)",
     )
     rotate: float = Field(12.0, ge=0, le=180, description="augmentation rotation, degrees")
     shift: float = Field(0.1, ge=0, le=0.5, description="augmentation shift, image fraction")
     scale: float = Field(0.1, ge=0, lt=1, description="augmentation zoom range (+/-)")
     beam: float = Field(
-        3.0, ge=0, le=20, description="telescope augmentation: largest beam FWHM, pixels"
+        4.0, ge=0, le=20, description="instrument augmentation: largest beam FWHM, pixels"
     )
     snr: float = Field(
-        10.0, gt=0, description="telescope augmentation: lowest peak signal-to-noise ratio"
+        5.0, gt=0, description="instrument augmentation: lowest peak signal-to-noise ratio"
     )
 
 
@@ -133,7 +138,12 @@ class OptimConfig(_Section):
 class TrainerConfig(_Section):
     """The training loop."""
 
-    epochs: int = Field(30, ge=1, description="maximum number of epochs")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="maximum number of epochs; default: enough for about 1,200 optimizer "
+        "steps, between 5 and 30",
+    )
     batch_size: int = Field(128, ge=2, description="images per batch (B(B-1)/2 pairs)")
     seed: int = Field(0, description="random seed (reproducible CPU runs)")
     min_steps_per_epoch: int | None = Field(

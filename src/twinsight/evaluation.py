@@ -283,8 +283,13 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     baseline: str = "auto",
+    instruments: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Evaluate ``bundle`` on the ``split`` items of ``collection`` (all items if it has no splits).
+
+    With ``instruments`` (:class:`~twinsight.instrument.Instrument`), parameter recovery is
+    measured again for each, under ``instruments.<key>``: the evaluated images seen through
+    the instrument, the intervals calibrated for it on the model's validation systems.
 
     Returns the metrics dict (keys in the module docstring); entries whose key
     starts with ``_`` hold arrays for figures and are not part of the JSON. With
@@ -315,7 +320,66 @@ def evaluate(
             for name, emb in base.items()
         }
         result.update(_compare_with_pca(result))
+    if instruments:
+        result["instruments"] = instrument_recovery(
+            bundle, collection, mask, full, instruments, batch_size=batch_size, seed=seed
+        )
     return result
+
+
+def instrument_recovery(
+    bundle: Any,
+    collection: Any,
+    mask: np.ndarray,
+    full: np.ndarray,
+    instruments: Sequence[Any],
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Recovery, coverage and the typicality warning rate through each instrument.
+
+    The pool is the whole collection embedded clean (each query still matched without its
+    own system); the queries are the evaluated rows seen through the instrument (seeded);
+    the calibration is the instrument's, fitted on the model's validation systems.
+    """
+    from twinsight.embedding import embed_images
+    from twinsight.inference import calibrate_for_instrument, typicality
+    from twinsight.instrument import degrade
+
+    if not (collection.has_params and collection.has_systems):
+        raise TwinsightError(
+            "--instrument measures parameter recovery, so DATA needs parameters and systems"
+        )
+    pool = SimilarityIndex.build(
+        full, collection.items, model_fingerprint=bundle.fingerprint,
+        param_columns=collection.param_columns,
+    )  # fmt: skip
+    items = collection.items[mask].reset_index(drop=True)
+    clean = collection.images(np.flatnonzero(mask))
+    out: dict[str, Any] = {}
+    for k, inst in enumerate(instruments):
+        seen = degrade(clean, inst.rounded, seed=seed + 1000 + k)  # not the calibration's noise
+        emb = embed_images(bundle.encoder, seen, bundle.preprocessing, batch_size=batch_size)
+        matching = calibrate_for_instrument(bundle, pool, inst, use_cache=False, seed=seed)
+        rec = parameter_recovery(pool, emb, items, matching=matching)
+        best, _ = pool.search_excluding(emb, 1, items["system"].astype(str).tolist())
+        p_values = [typicality(matching, float(b))["p_value"] for b in best[:, 0]]
+        atypical = float(np.mean(np.asarray(p_values) < matching_alpha()))
+        out[inst.rounded.key] = {
+            "instrument": inst.rounded.to_dict(),
+            "parameters": rec["parameters"],
+            "matching": rec["matching"],
+            "typicality_warning_rate": atypical,
+        }
+    return out
+
+
+def matching_alpha() -> float:
+    """The typicality level below which an observation is warned about."""
+    from twinsight.inference.instrumented import TYPICALITY_ALPHA
+
+    return TYPICALITY_ALPHA
 
 
 def _split_mask(collection: Any, split: str | None) -> np.ndarray:

@@ -444,7 +444,7 @@ class SimilarityIndex:
             raise TwinsightError(f"subset needs a mask of {len(self)} booleans, got {keep.shape}")
         if not keep.any():
             raise TwinsightError("the subset of the index is empty")
-        extra = {k: self.meta[k] for k in ("source", "matching") if k in self.meta}
+        extra = {k: self.meta[k] for k in KEPT_META if k in self.meta}
         return _rebuilt(self.meta, self.vectors()[keep], self.items[keep], extra=extra)
 
     def vectors(self) -> np.ndarray:
@@ -583,7 +583,9 @@ class SimilarityIndex:
             )
         meta["model_path"] = _resolve_model_path(meta, path)
         meta.pop("model_path_absolute", None)
-        return cls(index, items, meta)
+        loaded = cls(index, items, meta)
+        loaded.location = path  # where per-instrument calibrations are cached
+        return loaded
 
 
 def _index_meta_model() -> type:
@@ -691,7 +693,7 @@ def merge(shards: Sequence[SimilarityIndex], *, index_type: str | None = None) -
             "was a shard given twice?"
         )
     vectors = np.concatenate([s.vectors() for s in shards])
-    keep = {"source", "matching", "preprocessing"}
+    keep = {*KEPT_META, "preprocessing"}
     extra = {k: v for k, v in first.meta.items() if k in keep} | {"merged_from": len(shards)}
     return _rebuilt(first.meta, vectors, items, index_type=index_type, extra=extra)
 
@@ -749,6 +751,10 @@ def _source_name(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+#: index.json fields a subset or a merge of indexes keeps.
+KEPT_META = ("source", "matching", "pixel_scale_au")
+
+
 def build_index(
     bundle: Any,
     collection: Any,
@@ -794,5 +800,15 @@ def build_index(
             "source": _source_name(collection.name),
             "shard": None if shard_t is None else list(shard_t),
             "matching": getattr(bundle, "matching", None),
+            "pixel_scale_au": _pixel_scale_au(collection.meta),
         },
     )
+
+
+def _pixel_scale_au(meta: dict[str, Any]) -> float | None:
+    """The library's AU per pixel, when its collection says (the simulator's sets do)."""
+    for source in (meta, meta.get("simulator") or {}):
+        value = source.get("pixel_scale_au") if isinstance(source, dict) else None
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return None

@@ -56,7 +56,11 @@ class Instrument:
 
     def __post_init__(self) -> None:
         major = _finite_nonnegative(self.beam_major, "beam FWHM")
-        minor = major if self.beam_minor is None else _finite_nonnegative(self.beam_minor, "beam minor axis")
+        minor = (
+            major
+            if self.beam_minor is None
+            else _finite_nonnegative(self.beam_minor, "beam minor axis")
+        )
         if minor > major:
             major, minor = minor, major
         object.__setattr__(self, "beam_major", major)
@@ -125,7 +129,9 @@ def parse_instrument(text: str) -> Instrument:
         try:
             values[names[name]] = float(value)
         except ValueError:
-            raise TwinsightError(f"--instrument '{text}': {name}={value!r} is not a number") from None
+            raise TwinsightError(
+                f"--instrument '{text}': {name}={value!r} is not a number"
+            ) from None
     if not values:
         raise TwinsightError(f"--instrument '{text}': give e.g. beam=2,snr=30")
     return Instrument(**values)

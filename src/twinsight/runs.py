@@ -251,6 +251,10 @@ def _write_outputs(
     work: Path, bundle: ModelBundle, metrics: dict[str, Any], val: Collection, prep: Prepared
 ) -> None:
     bundle.save(work / "model", overwrite=True)
+    if val.param_columns and val.has_systems:  # what instrument calibration fits on
+        from twinsight.inference.instrumented import write_calibration_set
+
+        write_calibration_set(val, work / "model")
     history = metrics["history"]
     write_text_atomic(work / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
     write_json(work / "metrics.json", metrics)

@@ -14,6 +14,20 @@ from rich.table import Table
 
 from twinsight.cli._app import app, console, err_console, print_json
 
+# -- observation intake options (search, compare, match) ---------------------------------------
+DISTANCE = typer.Option(
+    None, help="Distance of the source in pc (with the FITS WCS: the pixel scale in AU)."
+)
+PIXEL_SCALE = typer.Option(
+    None, help="Pixel scale of the observation in AU/pixel (instead of WCS + --distance)."
+)
+BEAM = typer.Option(
+    None, help="Beam FWHM when the header has none: 0.1arcsec, 14au or 2px (number: arcsec)."
+)
+NOISE = typer.Option(
+    None, help="Noise sigma in image units (default: header NOISE/RMS, else estimated)."
+)
+
 
 def _fmt(x: Any) -> str:
     if x is None:
@@ -103,6 +117,10 @@ def search_cmd(
     model: str | None = typer.Option(None, help="Model folder (default: the index's own)."),
     nprobe: int | None = typer.Option(None, help="IVF lists probed (approximate indexes)."),
     ef_search: int | None = typer.Option(None, help="HNSW search depth (approximate indexes)."),
+    distance: float | None = DISTANCE,
+    pixel_scale: float | None = PIXEL_SCALE,
+    beam: str | None = BEAM,
+    noise: float | None = NOISE,
     plot: str | None = typer.Option(None, help="Write a PNG of each query beside its matches."),
     overwrite: bool = typer.Option(False, help="Replace an existing --plot file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
@@ -114,7 +132,10 @@ def search_cmd(
     if plot:
         check_output_path(plot, overwrite)
     index = load_index(index_dir)
-    result = search(index, images, k, model=model, nprobe=nprobe, ef_search=ef_search)
+    result = search(
+        index, images, k, model=model, nprobe=nprobe, ef_search=ef_search, distance=distance,
+        pixel_scale=pixel_scale, beam=beam, noise=noise,
+    )  # fmt: skip
     _warn_if_clamped("k =", k, len(index))
     if plot:
         result.plot(plot, overwrite=overwrite)
@@ -139,12 +160,18 @@ def compare_cmd(
     run: str = typer.Argument(..., help="Trained model folder."),
     image_a: str = typer.Argument(..., help="First image."),
     image_b: str = typer.Argument(..., help="Second image."),
+    distance: float | None = DISTANCE,
+    pixel_scale: float | None = PIXEL_SCALE,
+    beam: str | None = BEAM,
+    noise: float | None = NOISE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Cosine similarity of two images, a calibrated probability and the decision."""
     from twinsight.api import compare
 
-    result = compare(run, image_a, image_b)
+    result = compare(
+        run, image_a, image_b, distance=distance, pixel_scale=pixel_scale, beam=beam, noise=noise
+    )
     if as_json:
         print_json(result.to_dict())
         return
@@ -176,11 +203,23 @@ def match_cmd(
         None, help="Leave out this system (repeatable)."
     ),
     param: list[str] | None = typer.Option(None, help="Only these parameters (repeatable)."),
+    distance: float | None = DISTANCE,
+    pixel_scale: float | None = PIXEL_SCALE,
+    beam: str | None = BEAM,
+    noise: float | None = NOISE,
+    instrument: str | None = typer.Option(
+        None, help="Calibrate for this instrument on the library grid, e.g. beam=2,snr=30."
+    ),
     plot: str | None = typer.Option(None, help="Write the per-parameter histogram figure (PNG)."),
     overwrite: bool = typer.Option(False, help="Replace an existing --plot file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
-    """Best-match parameter estimate: per parameter median, 68/95 % intervals vs the prior."""
+    """Best-match parameter estimate: per parameter median, 68/95 % intervals vs the prior.
+
+    A FITS observation with a celestial WCS is brought onto the library's grid (pixel scale
+    from the WCS and --distance, beam and noise from the header or estimated) and its
+    intervals are calibrated for that instrument.
+    """
     from twinsight.api import load_index, match
     from twinsight.errors import TwinsightError
     from twinsight.fsutil import check_output_path
@@ -191,6 +230,7 @@ def match_cmd(
     estimates = match(
         index, [image], model=model, top=top, threshold=threshold, weighting=weighting,
         temperature=temperature, exclude_systems=exclude_system or None, params=param or None,
+        instrument=instrument, distance=distance, pixel_scale=pixel_scale, beam=beam, noise=noise,
     )  # fmt: skip
     if len(estimates) != 1:
         raise TwinsightError(f"match takes one image; '{image}' holds {len(estimates)}")
@@ -224,6 +264,20 @@ def _print_estimate(est: Any) -> None:
             _fmt(p.truth),
         )
     console.print(table)
+    if est.observation:
+        o = est.observation.get("original") or {}
+        made = (est.observation.get("instrument") or {}).get("provenance")
+        console.print(f"observation: {o.get('pixel_scale_au', float('nan')):.3g} AU/pixel, {made}")
+    if est.instrument:
+        console.print(f"calibrated for: {est.instrument.get('key')}")
+    if est.typicality:
+        t = est.typicality
+        console.print(
+            f"typicality: best-match similarity {t['best_similarity']:.3f}, p = {t['p_value']:.3f}"
+            f" against {t['reference']} validation images seen alike"
+        )
+    for w in est.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
 
 
 # -- evaluate -------------------------------------------------------------------------------------
@@ -240,6 +294,11 @@ def evaluate_cmd(
     baseline: str = typer.Option(
         "auto", help="auto: also raw pixels and PCA by the same protocol; none: the model only."
     ),
+    instrument: list[str] | None = typer.Option(
+        None,
+        help="Also measure recovery through this instrument, e.g. beam=2,snr=30 (repeatable; "
+        "'grid' for beams 0-3 x SNR 10, 30, 100, inf).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Retrieval, verification, similarity ranking and parameter-recovery metrics."""
@@ -249,8 +308,9 @@ def evaluate_cmd(
     if out:
         check_output_path(out, overwrite)
     result = evaluate(
-        run, data, split=split, batch_size=batch_size, progress=not as_json, baseline=baseline
-    )
+        run, data, split=split, batch_size=batch_size, progress=not as_json, baseline=baseline,
+        instruments=_instruments(instrument or []),
+    )  # fmt: skip
     if out:
         result.save(out, overwrite=overwrite)
         err_console.print(f"metrics and figures -> {out}")
@@ -258,6 +318,19 @@ def evaluate_cmd(
         print_json(result.to_dict())
         return
     _print_metrics(result.to_dict())
+
+
+def _instruments(texts: list[str]) -> list[Any]:
+    """``--instrument`` values: ``beam=..,snr=..`` each, or ``grid`` (the standard 4 x 4)."""
+    from twinsight.instrument import instrument_grid, parse_instrument
+
+    out = []
+    for text in texts:
+        if text.strip().lower() == "grid":
+            out += instrument_grid([0, 1, 2, 3], [10, 30, 100, float("inf")])
+        else:
+            out.append(parse_instrument(text))
+    return out
 
 
 def _fmt_cell(value: float | None) -> str:
@@ -317,6 +390,25 @@ def _print_metrics(metrics: dict) -> None:
                 *(f"{m[c]:.3f}" for c in ("r2", "rmse", "coverage_68", "coverage_95", "narrowing")),
             )
         console.print(pt)
+    if metrics.get("instruments"):
+        _print_instruments(metrics["instruments"])
+
+
+def _print_instruments(by_instrument: dict) -> None:
+    """One row per instrument: per parameter 68 % / 95 % coverage and R^2."""
+    names = list(next(iter(by_instrument.values()))["parameters"])
+    table = Table(title="through each instrument: coverage 68 % / 95 % and R^2 per parameter")
+    table.add_column("instrument")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("atypical", justify="right")
+    for key, m in by_instrument.items():
+        cells = [
+            f"{p['coverage_68']:.2f}/{p['coverage_95']:.2f} R2 {p['r2']:.2f}"
+            for p in (m["parameters"][n] for n in names)
+        ]
+        table.add_row(key, *cells, f"{m['typicality_warning_rate']:.1%}")
+    console.print(table)
 
 
 # -- fid ------------------------------------------------------------------------------------------
@@ -326,12 +418,15 @@ def fid_cmd(
     set_b: str = typer.Argument(..., help="Second image set."),
     model: str = typer.Option(..., help="Trained model folder whose embedding space is used."),
     batch_size: int = typer.Option(256, help="Images per embedding batch."),
+    instrument: str | None = typer.Option(
+        None, help="See SET_B through this instrument first, e.g. beam=2,snr=30."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Frechet distance between two image sets in the model's embedding space."""
     from twinsight.api import fid
 
-    result = fid(model, set_a, set_b, batch_size=batch_size)
+    result = fid(model, set_a, set_b, batch_size=batch_size, instrument=instrument)
     if as_json:
         print_json(result.to_dict())
         return

@@ -7,7 +7,8 @@
   inflation) on validation systems;
 - :mod:`.verification`: same/different pairs and the score calibration;
 - :mod:`.queries`: query images from files, embedded;
-- :mod:`.calibration`: the training-time hook that runs both calibrations.
+- :mod:`.calibration`: the training-time hook that runs both calibrations;
+- :mod:`.instrumented`: the calibration for an observation's instrument, and typicality.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from twinsight.inference.estimate import (
     ParameterStats,
     estimate_parameters,
     recovery_arrays,
+)
+from twinsight.inference.instrumented import (
+    calibrate_for_instrument,
+    range_warnings,
+    typicality,
+    write_calibration_set,
 )
 from twinsight.inference.intervals import (
     LEVELS,
@@ -74,6 +81,10 @@ __all__ = [
     "calibrate_for_inference",
     "calibrate_from_embeddings",
     "calibrate_matching",
+    "calibrate_for_instrument",
+    "range_warnings",
+    "typicality",
+    "write_calibration_set",
     "calibrate_scores",
     "choose_scale",
     "conformal_inflation",

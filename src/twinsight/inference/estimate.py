@@ -105,6 +105,13 @@ class ParameterEstimate:
     weighting: str
     calibrated: bool
     query: str | None = None
+    #: The instrument the intervals were calibrated for (None: clean simulations).
+    instrument: dict[str, Any] | None = None
+    #: What the intake derived from the observation's file (pixel scale, beam, noise, ...).
+    observation: dict[str, Any] | None = None
+    #: The best-match similarity against simulations seen alike, with its p-value.
+    typicality: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_matches(self) -> int:
@@ -116,6 +123,10 @@ class ParameterEstimate:
             "n_matches": self.n_matches,
             "weighting": self.weighting,
             "calibrated": self.calibrated,
+            "calibrated_for": self.instrument or "clean simulations",
+            "observation": self.observation,
+            "typicality": self.typicality,
+            "warnings": list(self.warnings),
             "matches": [
                 {"rank": r + 1, "key": k, "system": s, "similarity": float(sim), "weight": float(w)}
                 for r, (k, s, sim, w) in enumerate(

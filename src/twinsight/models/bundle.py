@@ -83,6 +83,11 @@ class ModelBundle:
     calibration: dict[str, Any] | None = None
     matching: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    #: The instruments training showed the library through (InstrumentRange.to_dict()).
+    instrument_range: dict[str, float] | None = None
+    #: The folder the bundle was loaded from (None: built in memory); files beside the
+    #: weights, such as the validation systems kept for instrument calibration, live there.
+    folder: Path | None = field(default=None, compare=False, repr=False)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -127,6 +132,7 @@ class ModelBundle:
             "calibration": self.calibration,
             "matching": self.matching,
             "training": self.training,
+            "instrument_range": self.instrument_range,
         }
 
     # -- disk -----------------------------------------------------------------------------------
@@ -174,6 +180,8 @@ class ModelBundle:
             calibration=meta.get("calibration"),
             matching=meta.get("matching"),
             training=meta.get("training") or {},
+            instrument_range=meta.get("instrument_range"),
+            folder=folder,
         )
 
     # -- use ------------------------------------------------------------------------------------
@@ -310,6 +318,7 @@ def _bundle_meta_model() -> type:
         targets: dict[str, Any] | None = None
         matching: dict[str, Any] | None = None
         training: dict[str, Any] | None = None
+        instrument_range: dict[str, Number] | None = None
 
     return BundleMeta
 

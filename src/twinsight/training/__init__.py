@@ -10,7 +10,7 @@ One module per job:
 
 - :mod:`.targets`: labels or parameters as targets (``--targets``, ``--log10``);
 - :mod:`.splits`: the training and validation sides (whole systems per side);
-- :mod:`.augment`: batch augmentations (affine, telescope);
+- :mod:`.augment`: batch augmentations (affine, photo, instrument);
 - :mod:`.data`: the dataset, the batch sampler and the loaders;
 - :mod:`.metrics`: validation metrics (retrieval, pair Spearman);
 - :mod:`.module`: the Lightning module and its schedule;
@@ -45,7 +45,8 @@ _EXPORTS = {
     "augment_choice": "augment",
     "random_affine": "augment",
     "random_photo": "augment",
-    "random_telescope": "augment",
+    "random_instrument": "augment",
+    "instrument_range": "augment",
     "BatchDataset": "data",
     "auto_m": "data",
     "build_sampler": "data",
@@ -74,9 +75,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from twinsight.training.augment import (
         augment_choice,
+        instrument_range,
         random_affine,
+        random_instrument,
         random_photo,
-        random_telescope,
     )
     from twinsight.training.calibration import score_calibration
     from twinsight.training.data import BatchDataset, auto_m, build_sampler, loaders

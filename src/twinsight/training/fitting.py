@@ -299,9 +299,19 @@ def _finish(
             "metrics": metrics["final"],
             "best_epoch": metrics["best_epoch"],
             "twinsight_version": __version__,
+            "pixel_scale_au": _pixel_scale_au(prep.train.meta),
         },
+        instrument_range=(
+            module.instrument_range.to_dict() if module.augment == "instrument" else None
+        ),
     )
     return bundle, metrics
+
+
+def _pixel_scale_au(meta: dict[str, Any]) -> float | None:
+    """The training images' AU per pixel, when their collection says (simulated sets do)."""
+    value = (meta.get("simulator") or {}).get("pixel_scale_au", meta.get("pixel_scale_au"))
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 @torch.inference_mode()

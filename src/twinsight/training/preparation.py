@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twinsight.config import TrainConfig
+from twinsight.config import TrainConfig, apply_overrides
 from twinsight.data.collection import Collection
 from twinsight.data.targets import TargetSpec
 from twinsight.data.transforms import Preprocessing, preprocess
@@ -101,6 +102,8 @@ def prepare(
     loss_name = default_loss(config, spec.kind)
     create_loss(loss_name, **config.loss.options)  # unknown name or bad options: fail now
     sampler = build_sampler(config, spec, train)
+    if config.trainer.epochs is None:
+        config = apply_overrides(config, {"trainer.epochs": planned_epochs(len(sampler))})
     return Prepared(
         config=config,
         spec=spec,
@@ -117,6 +120,22 @@ def prepare(
         fingerprint=data_fingerprint(train) + data_fingerprint(val)[:8],
         validation=shape,
     )
+
+
+#: The default training length, in optimizer steps, and its bounds in epochs.
+PLANNED_STEPS = 1200
+MIN_EPOCHS, MAX_EPOCHS = 5, 30
+
+
+def planned_epochs(steps_per_epoch: int) -> int:
+    """Epochs for about :data:`PLANNED_STEPS` optimizer steps, within 5 to 30.
+
+    Why steps and not a fixed epoch count: what a model learns depends on how many updates
+    it gets; 30 epochs of a 1,000-system library are 1,800 steps and more than 20 minutes
+    on two cores, with no gain in recovery over 1,200 (BENCHMARKS.md, "Default training").
+    The cosine schedule is planned over this length.
+    """
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(PLANNED_STEPS / max(1, steps_per_epoch)))))
 
 
 def default_loss(config: TrainConfig, kind: str) -> str:

@@ -1,0 +1,187 @@
+"""Instruments: degrading a library, calibrating for an instrument, typicality, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import twinsight
+from twinsight.errors import TwinsightError
+from twinsight.instrument import Instrument, InstrumentRange, degrade, parse_instrument
+from twinsight.simulator.observe import observe_image
+
+torch.set_num_threads(1)
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """A tiny simulated library, a model trained through instruments, and its saved index."""
+    root = tmp_path_factory.mktemp("instrument")
+    data = root / "sims.h5"
+    twinsight.simulate(data, n_systems=80, n_projections=8, size=SIZE, seed=0, test_fraction=0.15)
+    run = root / "run"
+    twinsight.train(data, out=run, epochs=2, batch_size=64, progress=False)
+    twinsight.build_index(run, data).save(root / "idx")
+    return {"data": data, "run": run, "idx": root / "idx", "root": root}
+
+
+def _observations(n: int, beam: float, snr: float, first: int = 500) -> np.ndarray:
+    return np.stack(
+        [
+            observe_image(seed=s, size=SIZE, snr=snr, beam_fwhm=beam)[0][None]
+            for s in range(first, first + n)
+        ]
+    )
+
+
+# -- the instrument itself -----------------------------------------------------------------------
+def test_instrument_checks_its_values_and_names_a_stable_key():
+    inst = Instrument(2.04, snr=31.0)
+    assert inst.beam_minor == inst.beam_major and inst.key == "beam2.0x2.0pa0-snr31"
+    assert Instrument(beam_major=1.0, snr=math.inf).snr is None
+    assert Instrument(1.0, 3.0).beam_major == 3.0  # the major axis is the larger one
+    with pytest.raises(TwinsightError, match="beam FWHM must be finite and >= 0"):
+        Instrument(-1.0)
+    with pytest.raises(TwinsightError, match="SNR must be positive"):
+        Instrument(1.0, snr=0.0)
+
+
+def test_parse_instrument_reads_name_value_pairs_and_names_what_is_wrong():
+    inst = parse_instrument("beam=2, snr=30")
+    assert (inst.beam_major, inst.snr) == (2.0, 30.0)
+    assert parse_instrument("bmaj=3,bmin=2,bpa=45,snr=inf").snr is None
+    with pytest.raises(TwinsightError, match=r"'fwhm=2' is not NAME=VALUE"):
+        parse_instrument("fwhm=2")
+    with pytest.raises(TwinsightError, match=r"snr='thirty' is not a number"):
+        parse_instrument("beam=1,snr=thirty")
+
+
+def test_degrade_spreads_a_point_source_by_the_beam_and_adds_noise_of_peak_over_snr():
+    x = np.zeros((2, 1, 41, 41), dtype=np.float32)
+    x[:, 0, 20, 20] = 1.0
+    blurred = degrade(x, Instrument(4.0))[0, 0]
+    row = blurred[20] / blurred[20].max()
+    fwhm = float(np.sum(row >= 0.5))  # pixels at or above half the peak
+    assert 3.0 <= fwhm <= 5.0
+    assert blurred.sum() == pytest.approx(1.0, rel=1e-3)  # the beam keeps the flux
+    noisy = degrade(x, Instrument(0.0, snr=10.0), seed=3)
+    assert np.std(noisy[:, 0, :10, :10]) == pytest.approx(0.1, rel=0.25)
+    np.testing.assert_array_equal(noisy, degrade(x, Instrument(0.0, snr=10.0), seed=3))
+    assert not np.array_equal(noisy, degrade(x, Instrument(0.0, snr=10.0), seed=4))
+
+
+def test_an_elliptical_beam_is_longer_along_its_position_angle():
+    x = np.zeros((1, 1, 41, 41), dtype=np.float32)
+    x[0, 0, 20, 20] = 1.0
+    north = degrade(x, Instrument(6.0, 2.0, 0.0))[0, 0]  # major axis along y (north)
+    assert north[20 + 4, 20] > north[20, 20 + 4] * 3
+    east = degrade(x, Instrument(6.0, 2.0, 90.0))[0, 0]
+    assert east[20, 20 + 4] > east[20 + 4, 20] * 3
+
+
+def test_instrument_range_says_what_lies_outside_it():
+    trained = InstrumentRange(beam_max=4.0, snr_min=5.0)
+    assert trained.covers(Instrument(3.0, snr=10.0)) == []
+    outside = trained.covers(Instrument(6.0, snr=2.0))
+    assert any("beam 6" in o for o in outside) and any("SNR 2" in o for o in outside)
+
+
+# -- training keeps what instrument calibration needs --------------------------------------------
+def test_training_keeps_the_validation_systems_and_the_instrument_range(library):
+    meta = json.loads((library["run"] / "model" / "twinsight.json").read_text())
+    assert meta["instrument_range"]["beam_max"] == 4.0 and meta["instrument_range"]["snr_min"] == 5
+    val = twinsight.open_collection(str(library["run"] / "model" / "validation.h5"))
+    assert len(val) >= 100 and val.has_systems and "disk_size" in val.param_columns
+    config = (library["run"] / "config.yaml").read_text()
+    assert "augment: auto" in config  # auto is instrument for parameters
+
+
+# -- matching through an instrument --------------------------------------------------------------
+def test_match_calibrates_for_the_instrument_and_caches_the_calibration(library, monkeypatch):
+    index = twinsight.load_index(library["idx"])
+    images = _observations(6, beam=2.0, snr=30.0)
+    estimates = twinsight.match(index, images, instrument="beam=2,snr=30")
+    first = estimates[0]
+    assert first.instrument["key"] == "beam2.0x2.0pa0-snr30"
+    assert first.calibrated and 0.0 < first.typicality["p_value"] <= 1.0
+    out = first.to_dict(with_values=False)
+    assert out["calibrated_for"]["key"] == "beam2.0x2.0pa0-snr30"
+    cached = list((library["idx"] / "calibrations").glob("*/beam2.0x2.0pa0-snr30.json"))
+    assert len(cached) == 1
+
+    def no_degrading(*args, **kwargs):
+        raise AssertionError("the cached calibration should have been used")
+
+    monkeypatch.setattr("twinsight.inference.instrumented.degrade", no_degrading)
+    again = twinsight.match(index, images, instrument=Instrument(2.0, snr=30.4))  # same key
+    assert [e.parameters["disk_size"].interval_68 for e in again] == [
+        e.parameters["disk_size"].interval_68 for e in estimates
+    ]
+
+
+def test_each_instrument_gets_its_own_calibration(library):
+    index = twinsight.load_index(library["idx"])
+    images = _observations(3, beam=0.0, snr=10.0)
+    noisy = twinsight.match(index, images, instrument="beam=0,snr=10")[0]
+    clean = twinsight.match(index, images, instrument="beam=0,snr=inf")[0]
+    assert noisy.instrument["key"] != clean.instrument["key"]
+    assert noisy.instrument["snr"] == 10 and clean.instrument["snr"] is None
+
+
+def test_an_instrument_outside_the_trained_range_gets_a_warning(library, caplog):
+    index = twinsight.load_index(library["idx"])
+    est = twinsight.match(index, _observations(1, beam=6.0, snr=3.0)[0], instrument="beam=6,snr=3")
+    assert any("outside the trained range" in w for w in est.warnings)
+    assert "beam 6 px > trained 4 px" in " ".join(est.warnings)
+
+
+def test_images_unlike_any_simulation_are_warned_about_and_observations_rarely(library):
+    from sklearn.datasets import load_digits
+
+    index = twinsight.load_index(library["idx"])
+    digits = load_digits().images[:8].astype(np.float32)[:, None]
+    noise = np.random.default_rng(0).normal(size=(4, 1, SIZE, SIZE)).astype(np.float32)
+    for odd in (digits, noise):
+        flagged = twinsight.match(index, odd, instrument="beam=1,snr=30")
+        assert all(e.typicality["atypical"] for e in flagged)
+        assert all("looks like none of the simulations" in " ".join(e.warnings) for e in flagged)
+    held_out = twinsight.match(
+        index, _observations(40, beam=1.0, snr=30.0), instrument="beam=1,snr=30"
+    )
+    assert np.mean([e.typicality["atypical"] for e in held_out]) <= 0.1
+
+
+def test_a_model_without_validation_systems_says_it_is_not_calibrated_for_the_instrument(
+    library, tmp_path
+):
+    bundle = twinsight.load_model(library["run"])
+    bundle.folder = None  # as if built in memory
+    est = twinsight.match(
+        library["idx"], _observations(1, 2.0, 30.0)[0], model=bundle, instrument="beam=2,snr=30"
+    )
+    assert est.instrument is None and any("not calibrated for" in w for w in est.warnings)
+
+
+# -- evaluation through instruments --------------------------------------------------------------
+def test_evaluate_measures_recovery_through_each_instrument(library, run_cli):
+    result = run_cli(
+        "evaluate", library["run"], library["data"], "--instrument", "beam=2,snr=30",
+        "--instrument", "beam=0,snr=inf", "--baseline", "none", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    by_instrument = json.loads(result.stdout)["instruments"]
+    assert set(by_instrument) == {"beam2.0x2.0pa0-snr30", "beam0.0x0.0pa0-snrinf"}
+    cell = by_instrument["beam2.0x2.0pa0-snr30"]
+    assert 0 <= cell["parameters"]["disk_size"]["coverage_68"] <= 1
+    assert 0 <= cell["typicality_warning_rate"] <= 1
+
+
+def test_evaluate_refuses_a_malformed_instrument(library, run_cli):
+    result = run_cli("evaluate", library["run"], library["data"], "--instrument", "beam=wide")
+    assert result.exit_code == 2
+    assert "--instrument 'beam=wide': beam='wide' is not a number" in result.stderr
