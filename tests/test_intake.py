@@ -428,8 +428,8 @@ def test_beam_given_with_a_unit(tmp_path, beam, au):
 
 def test_non_square_pixels(tmp_path):
     """10 x 6 AU pixels: each axis resampled on its own; a round source stays round."""
-    shape, sigma_au = (150, 90), 40.0
-    x0, y0 = 45.3, 80.6
+    shape, sigma_au = (180, 110), 40.0  # 1100 x 1080 AU: no padding
+    x0, y0 = 55.3, 90.6
     data = gaussian(shape, x0, y0, sigma_au / 10.0, sigma_au / 6.0)
     path = write(tmp_path, "rect.fits", data, sky_header(10.0, au_per_pixel_y=6.0))
     obs = read_observation(path, distance=140, noise=1e-3, **LIBRARY)
@@ -437,7 +437,7 @@ def test_non_square_pixels(tmp_path):
     assert o["pixel_scale_au"] == pytest.approx(math.sqrt(60.0), rel=1e-6)
     assert o["pixel_scale_au_xy"] == pytest.approx([10.0, 6.0], rel=1e-6)
     assert o["centre_pixel"] == pytest.approx([x0, y0], abs=0.05)
-    assert any("non-square pixels" in n for n in obs.notes)
+    assert any("non-square pixels" in n for n in obs.notes) and not o["padded"]
     aa_au = np.array(o["antialias_sigma_px"]) * [10.0, 6.0]
     sx, sy = np.hypot(sigma_au, aa_au) / 15.625
     expected = gaussian((64, 64), 32, 32, sx, sy)
@@ -510,3 +510,60 @@ def test_beam_covariance_round_trip():
         ]
     )
     assert beam_axes(cov)[2] == pytest.approx(30.0, abs=0.5)
+
+
+def test_rotated_wcs_and_a_radio_cube_header(tmp_path):
+    """A CD matrix turned by 30 degrees is turned back; length-1 FREQ/STOKES axes are dropped."""
+    shape, c = (120, 120), 60.0
+    sky = (
+        gaussian(shape, c, c, 1.5)
+        + gaussian(shape, c + 12, c, 2.0, amplitude=0.5)
+        + gaussian(shape, c, c - 15, 2.0, amplitude=0.3)
+    )
+    header = sky_header(10.0)
+    upright = write(tmp_path, "upright.fits", sky, header)
+    t = math.radians(30.0)
+    turn = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    yy, xx = np.mgrid[:120, :120].astype(np.float64) - c
+    qx, qy = turn[0, 0] * xx + turn[0, 1] * yy + c, turn[1, 0] * xx + turn[1, 1] * yy + c
+    from scipy.ndimage import map_coordinates
+
+    turned = map_coordinates(sky, [qy, qx], order=3)
+    cd = np.diag([header["CDELT1"], header["CDELT2"]]) @ turn
+    rotated_header = sky_header(10.0)
+    del rotated_header["CDELT1"], rotated_header["CDELT2"]
+    for (i, j), value in np.ndenumerate(cd):
+        rotated_header[f"CD{i + 1}_{j + 1}"] = value
+    rotated = write(tmp_path, "rotated.fits", turned, rotated_header)
+    a = read_observation(upright, distance=140, noise=1e-3, **LIBRARY)
+    b = read_observation(rotated, distance=140, noise=1e-3, **LIBRARY)
+    assert b.original["pixel_scale_au_xy"] == pytest.approx([10.0, 10.0])
+    np.testing.assert_allclose(b.image[8:-8, 8:-8], a.image[8:-8, 8:-8], atol=0.01)
+
+    cube_header = sky_header(10.0, beam_arcsec=(0.2, 0.15, -20.0))
+    for key, value in {
+        "CTYPE3": "FREQ",
+        "CDELT3": 1e9,
+        "CRVAL3": 2.3e11,
+        "CRPIX3": 1.0,
+        "CTYPE4": "STOKES",
+        "CDELT4": 1.0,
+        "CRVAL4": 1.0,
+        "CRPIX4": 1.0,
+    }.items():
+        cube_header[key] = value
+    cube = write(tmp_path, "cube.fits", sky[None, None], cube_header)
+    obs = read_observation(cube, distance=140, noise=1e-3, **LIBRARY)
+    assert obs.original["beam_au"] == pytest.approx([28.0, 21.0, 160.0])
+    np.testing.assert_allclose(obs.image, a.image, atol=2e-3)  # the centre: found another way
+
+
+def test_noise_free_image_with_a_given_noise(tmp_path):
+    """No noise to measure: the given sigma goes through resampling as white noise would."""
+    path = write(tmp_path, "clean.fits", gaussian((200, 200), 100, 100, 3.0), sky_header(5.0))
+    obs = read_observation(path, distance=140, noise=0.01, **LIBRARY)
+    assert obs.original["noise_background"] == 0.0
+    assert obs.original["noise_transfer_from"] == "white"
+    assert 0.1 < obs.original["noise_transfer"] < 1.0  # 3.1x downsampling averages noise
+    assert obs.instrument.snr == pytest.approx(obs.image.max() / obs.instrument.noise)
+    assert any("white noise" in n for n in obs.notes)

@@ -77,6 +77,8 @@ _SCALE_KEYS = ("CDELT1", "CD1_1", "PC1_1")
 _WCS_KEYS = "CDELT1/CD1_1/PC1_1 and CTYPE1"
 _COPIED_FROM_PRIMARY = ("BMAJ", "BMIN", "BPA", "BUNIT", DISTANCE_KEY, *NOISE_KEYS)
 _NOISE_GRID_MAX = 256  # library-scale samples per axis when measuring the noise transfer
+_NOISE_FLOOR = 1e-6  # a background sigma below this share of the peak is rounding: no noise
+_MAX_TRANSFER = 1.5  # resampling cannot raise the noise more; a larger measure is contaminated
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BEAM_PATTERN = re.compile(
     rf"^\s*(?P<major>{_NUMBER})\s*(?:[x*]\s*(?P<minor>{_NUMBER}))?\s*"
@@ -469,10 +471,11 @@ def _background(image: np.ndarray, finite: np.ndarray, smooth_px: float) -> _Bac
     )
     use = finite & ~source
     count = int(use.sum())
-    if count < max(MIN_BACKGROUND_PIXELS, 0.05 * finite.sum()):
-        return _Background(level0, sigma0, source, int(finite.sum()), True)
-    level, sigma = _clipped(image[use])
-    return _Background(level, sigma, source, count, False)
+    limited = count < max(MIN_BACKGROUND_PIXELS, 0.05 * finite.sum())
+    level, sigma = (level0, sigma0) if limited else _clipped(image[use])
+    if sigma <= _NOISE_FLOOR * float(np.abs(image[finite]).max()):
+        sigma = 0.0  # rounding, not noise: a noise-free image
+    return _Background(level, sigma, source, int(finite.sum()) if limited else count, limited)
 
 
 def _noise(noise: Any, header: Any, background: _Background, name: str) -> tuple[float, str, str]:
@@ -595,7 +598,8 @@ def _noise_transfer(
     ``measured``: the observation's background (the source replaced by noise) resampled
     as the image is, at the same sub-pixel phase over the whole field, its clipped sigma
     over the background's; ``white``: the same for white noise, where there is too little
-    background (or none: a noise-free image).
+    background, none (a noise-free image) or the measure is implausible (above
+    ``_MAX_TRANSFER``: the background holds source).
     """
     xs, ys = _positions(
         geometry, centre, *_field_offsets(geometry, centre, image.shape, scale), scale
@@ -608,7 +612,9 @@ def _noise_transfer(
         near, _ = _sample(_smooth(wide, sigma_aa), xs, ys, order=1)
         use = inside & (near < 0.01)
         if use.sum() >= MIN_BACKGROUND_PIXELS:
-            return _clipped(values[use])[1] / background.sigma, "measured"
+            ratio = _clipped(values[use])[1] / background.sigma
+            if ratio <= _MAX_TRANSFER:
+                return ratio, "measured"
     values, inside = _sample(_smooth(rng.standard_normal(image.shape), sigma_aa), xs, ys)
     return float(np.std(values[inside])), "white"
 
