@@ -2,13 +2,22 @@
 
 The system is rendered without the simulator's own noise, convolved with a
 Gaussian beam (FWHM in pixels), multiplied by a random flux scale and given
-Gaussian noise such that peak / sigma equals the chosen SNR.
+Gaussian noise such that peak / sigma equals the chosen SNR (``snr=inf``: no
+noise at all, sigma 0).
+
+The header is what an archive's would be: a celestial WCS (``RA---TAN`` /
+``DEC--TAN`` at a fixed sky position, ``CRPIX`` on the source, ``CDELT`` in
+degrees = pixel scale in AU / distance in pc / 3600, ``CDELT1`` negative so east
+is left), the beam as ``BMAJ`` / ``BMIN`` / ``BPA`` in degrees (when it is not a
+point), ``BUNIT = 'Jy/beam'`` (the flux scale is arbitrary) and ``DISTANCE`` (pc,
+140 by default), so :func:`twinsight.intake.read_observation` reads it back like
+a real one.
 
 The primary HDU's header carries the truth: ``HIERARCH TRUE_<name>`` for each
 of the seven parameters with their exact names (e.g. ``TRUE_Envelope_mass``,
 the units in the comment), plus ``INCL`` and ``PA`` (degrees), ``BEAM`` (FWHM,
-pixels), ``SNR``, ``SEED``, ``FLUXSCL``, ``PIXSCALE`` (AU/pixel), ``FOV_AU``
-and ``COMPANIO`` (companion present).
+pixels), ``SNR`` (``'inf'`` for no noise), ``NOISE`` (sigma), ``SEED``, ``FLUXSCL``,
+``PIXSCALE`` (AU/pixel), ``FOV_AU`` and ``COMPANIO`` (companion present).
 
 Its random numbers come from streams of their own (``[seed, 0, 100 + k]``), so
 an observation is never one of the systems of a simulated set of the same seed.
@@ -38,6 +47,10 @@ from twinsight.simulator.render import FIELD_OF_VIEW_AU, MIN_SIZE, pixel_scale, 
 #: FWHM to Gaussian sigma.
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 _OBSERVATION_STREAM = 100
+#: Distance of a simulated observation when none is given, in pc (nearby star-forming regions).
+DEFAULT_DISTANCE_PC = 140.0
+#: Where on the sky the simulated observations lie (degrees; a Taurus-like field).
+SKY_POSITION_DEG = (68.0, 25.0)
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -68,6 +81,12 @@ def _observed_params(params: Mapping[str, float] | None, seed: int) -> dict[str,
     return drawn
 
 
+def _check_distance(distance: float) -> float:
+    if not (np.isfinite(distance) and distance > 0):
+        raise TwinsightError(f"observe: distance must be a positive number of pc, got {distance}")
+    return float(distance)
+
+
 def _check_angle(value: float | None, name: str, low: float, high: float) -> None:
     if value is not None and not (np.isfinite(value) and low <= value <= high):
         raise TwinsightError(f"observe: {name} must be in [{low}, {high}] degrees, got {value}")
@@ -83,15 +102,21 @@ def observe_image(
     snr: float = 30.0,
     beam_fwhm: float = 2.0,
     flux_scale: float | None = None,
+    distance: float = DEFAULT_DISTANCE_PC,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Render one observation; returns the float32 [S, S] image and what was true of it.
 
     Parameters not given in ``params`` (and the viewing angles and flux scale
-    when None) are drawn from the prior with ``seed``.
+    when None) are drawn from the prior with ``seed``. ``snr=float('inf')`` adds no
+    noise (``noise_sigma`` 0). ``distance`` (pc) only labels the observation: it sets
+    the header's angular scale, not the image.
     """
     size = check_count(size, "image size (--size)", minimum=MIN_SIZE)
-    if not (np.isfinite(snr) and snr > 0):
-        raise TwinsightError(f"observe: SNR (--snr) must be a positive number, got {snr}")
+    if np.isnan(snr) or snr <= 0:
+        raise TwinsightError(
+            f"observe: SNR (--snr) must be a positive number (or inf for no noise), got {snr}"
+        )
+    distance = _check_distance(distance)
     if not (np.isfinite(beam_fwhm) and beam_fwhm >= 0):
         raise TwinsightError(f"observe: beam FWHM (--beam) must be >= 0 pixels, got {beam_fwhm}")
     if flux_scale is not None and not (np.isfinite(flux_scale) and flux_scale > 0):
@@ -110,8 +135,9 @@ def observe_image(
     if beam_fwhm > 0:
         image = gaussian_filter(image, beam_fwhm * FWHM_TO_SIGMA, mode="constant")
     image *= scale
-    sigma = image.max() / snr
-    image += _rng(seed, 2).normal(0.0, sigma, image.shape)
+    sigma = 0.0 if np.isinf(snr) else image.max() / snr
+    if sigma > 0:
+        image += _rng(seed, 2).normal(0.0, sigma, image.shape)
     truth.update(
         inclination=incl,
         position_angle=pa,
@@ -120,21 +146,47 @@ def observe_image(
         beam_fwhm=float(beam_fwhm),
         seed=int(seed),
         noise_sigma=float(sigma),
+        distance=distance,
     )
     return image.astype(np.float32), truth
 
 
-def observation_header(truth: Mapping[str, Any], size: int) -> fits.Header:
+def _sky_header(header: fits.Header, size: int, distance: float, beam_fwhm: float) -> None:
+    """A celestial TAN WCS centred on the source, and the beam in degrees (FITS convention)."""
+    deg_per_pixel = pixel_scale(size) / distance / 3600.0  # 1 AU at 1 pc is 1 arcsec
+    centre = size // 2 + 1  # the renderer's centre pixel (0-based size // 2), 1-based
+    for axis, ctype, value, sign in ((1, "RA---TAN", SKY_POSITION_DEG[0], -1.0),
+                                     (2, "DEC--TAN", SKY_POSITION_DEG[1], 1.0)):  # fmt: skip
+        header[f"CTYPE{axis}"] = ctype
+        header[f"CRPIX{axis}"] = (float(centre), "the source's pixel (1-based)")
+        header[f"CRVAL{axis}"] = (value, "[deg]")
+        header[f"CDELT{axis}"] = (sign * deg_per_pixel, "[deg/pixel]")
+        header[f"CUNIT{axis}"] = "deg"
+    header["RADESYS"] = "ICRS"
+    header["EQUINOX"] = 2000.0
+    if beam_fwhm > 0:
+        header["BMAJ"] = (beam_fwhm * deg_per_pixel, "[deg] beam FWHM, major axis")
+        header["BMIN"] = (beam_fwhm * deg_per_pixel, "[deg] beam FWHM, minor axis")
+        header["BPA"] = (0.0, "[deg] beam position angle, east of north")
+    header["DISTANCE"] = (distance, "[pc] distance of the source")
+
+
+def observation_header(
+    truth: Mapping[str, Any], size: int, *, distance: float = DEFAULT_DISTANCE_PC
+) -> fits.Header:
     """The FITS header of an observation (see the module docstring for its keys)."""
+    distance = _check_distance(distance)
     header = fits.Header()
     header["OBJECT"] = ("twinsight simulated observation", "rendered by twinsight observe")
-    header["BUNIT"] = ("arbitrary", "surface brightness, arbitrary flux units")
+    header["BUNIT"] = ("Jy/beam", "surface brightness; the flux scale is arbitrary")
+    _sky_header(header, size, distance, float(truth["beam_fwhm"]))
     for name in PARAMETERS:
         header[f"HIERARCH TRUE_{name}"] = (float(truth[name]), f"[{UNITS[name]}]")
     header["INCL"] = (float(truth["inclination"]), "[deg] inclination, 0 = face-on")
     header["PA"] = (float(truth["position_angle"]), "[deg] position angle of the outflow axis")
     header["BEAM"] = (float(truth["beam_fwhm"]), "[pixel] FWHM of the Gaussian beam")
-    header["SNR"] = (float(truth["snr"]), "peak signal / noise sigma")
+    snr = float(truth["snr"])
+    header["SNR"] = ("inf" if np.isinf(snr) else snr, "peak signal / noise sigma; inf: no noise")
     header["NOISE"] = (float(truth["noise_sigma"]), "noise sigma, in image units")
     header["SEED"] = (int(truth["seed"]), "random seed of the observation")
     header["FLUXSCL"] = (float(truth["flux_scale"]), "random flux scale applied")
@@ -155,9 +207,13 @@ def observe(
     snr: float = 30.0,
     beam_fwhm: float = 2.0,
     flux_scale: float | None = None,
+    distance: float = DEFAULT_DISTANCE_PC,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write one simulated observation as a FITS file; returns what is true of it."""
+    """Write one simulated observation as a FITS file; returns what is true of it.
+
+    ``distance`` (pc) sets the header's WCS and beam in degrees (see the module docstring).
+    """
     out_path = Path(out_path)
     if out_path.suffix.lower() not in (".fits", ".fit", ".fts"):
         raise TwinsightError(f"observation output '{out_path}' must end in .fits")
@@ -171,8 +227,10 @@ def observe(
         snr=snr,
         beam_fwhm=beam_fwhm,
         flux_scale=flux_scale,
+        distance=distance,
     )
-    hdu = fits.PrimaryHDU(image, header=observation_header(truth, image.shape[-1]))
+    header = observation_header(truth, image.shape[-1], distance=truth["distance"])
+    hdu = fits.PrimaryHDU(image, header=header)
     with atomic_file(out_path, overwrite=overwrite) as tmp:
         hdu.writeto(tmp, overwrite=True)
     truth["path"] = str(out_path)
