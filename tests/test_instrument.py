@@ -185,3 +185,62 @@ def test_evaluate_refuses_a_malformed_instrument(library, run_cli):
     result = run_cli("evaluate", library["run"], library["data"], "--instrument", "beam=wide")
     assert result.exit_code == 2
     assert "--instrument 'beam=wide': beam='wide' is not a number" in result.stderr
+
+
+# -- a FITS file as an archive gives it ----------------------------------------------------------
+def _archive_file(path, distance=140.0):
+    """128 x 128 px, celestial WCS (CDELT in degrees), BMAJ/BMIN/BPA in degrees, Jy/beam, the
+    source off-centre at ``distance`` pc, noise sigma 0.02 of the peak, no truth in the header."""
+    from astropy.io import fits
+    from scipy.ndimage import convolve
+
+    from twinsight.instrument import beam_kernel
+    from twinsight.simulator.priors import draw_parameters
+    from twinsight.simulator.render import render_system
+
+    scale = 1000.0 / 96  # AU per pixel
+    source = render_system(draw_parameters(np.random.default_rng(3)), [40.0], [10.0], 96)[0]
+    data = np.zeros((128, 128))
+    data[60 - 48 : 60 + 48, 70 - 48 : 70 + 48] = source  # the star at (x, y) = (70, 60)
+    bmaj, bmin, bpa = 0.40, 0.30, 20.0  # arcsec, arcsec, degrees
+    arcsec = scale / distance
+    data = convolve(data, beam_kernel(bmaj / arcsec, bmin / arcsec, bpa))
+    data = data / data.max() + np.random.default_rng(4).normal(0.0, 0.02, data.shape)
+    header = fits.Header()
+    header["CTYPE1"], header["CTYPE2"] = "RA---SIN", "DEC--SIN"
+    header["CRPIX1"], header["CRPIX2"], header["CRVAL1"], header["CRVAL2"] = 64, 64, 246.7, -24.5
+    header["CDELT1"], header["CDELT2"] = -arcsec / 3600.0, arcsec / 3600.0
+    header["CUNIT1"] = header["CUNIT2"] = "deg"
+    header["BMAJ"], header["BMIN"], header["BPA"] = bmaj / 3600.0, bmin / 3600.0, bpa
+    header["BUNIT"] = "Jy/beam"
+    fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(path)
+    return {"scale": scale, "beam_au": (bmaj * distance, bmin * distance, bpa), "noise": 0.02}
+
+
+def test_match_takes_a_fits_file_as_an_archive_gives_it(library, run_cli, tmp_path):
+    written = _archive_file(tmp_path / "obs.fits")
+    result = run_cli("match", library["idx"], tmp_path / "obs.fits", "--distance", 140, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    original = out["observation"]["original"]
+    assert original["pixel_scale_au"] == pytest.approx(written["scale"], rel=1e-6)
+    assert original["beam_au"] == pytest.approx(list(written["beam_au"]), rel=1e-6)
+    assert original["noise"] == pytest.approx(written["noise"], rel=0.15)
+    assert math.dist(original["centre_pixel"], (70, 60)) < 1.5
+    provenance = out["observation"]["instrument"]["provenance"]
+    assert provenance["pixel_scale"] == "read" and provenance["beam"] == "read"
+    assert provenance["noise"] == "estimated"
+    library_beam = out["observation"]["instrument"]["beam_major"]
+    assert out["calibrated_for"]["beam_major"] == pytest.approx(library_beam, abs=0.06)
+    assert 0 < out["typicality"]["p_value"] <= 1
+    assert all(p["truth"] is None for p in out["parameters"].values())
+
+
+def test_a_fits_file_with_a_distance_but_no_wcs_is_refused_clearly(library, run_cli, tmp_path):
+    from astropy.io import fits
+
+    fits.PrimaryHDU(np.ones((32, 32), dtype=np.float32)).writeto(tmp_path / "bare.fits")
+    result = run_cli("match", library["idx"], tmp_path / "bare.fits", "--distance", 140)
+    assert result.exit_code == 2
+    assert "bare.fits" in result.stderr and "--pixel-scale" in result.stderr
+    assert not (library["idx"] / "calibrations" / "bare").exists()

@@ -95,9 +95,15 @@ def observe(
     inclination: float | None = None,
     position_angle: float | None = None,
     flux_scale: float | None = None,
+    distance: float = 140.0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write one simulated telescope observation (FITS) and return what is true of it."""
+    """Write one simulated telescope observation (FITS) and return what is true of it.
+
+    The file is what an archive would give: a celestial WCS whose pixel scale in degrees
+    is the library's AU per pixel at ``distance`` (pc), the beam in BMAJ/BMIN/BPA, and
+    ``snr=float("inf")`` for no noise.
+    """
     from twinsight.simulator import observe as write_observation
 
     return write_observation(
@@ -110,6 +116,7 @@ def observe(
         snr=snr,
         beam_fwhm=beam_fwhm,
         flux_scale=flux_scale,
+        distance=distance,
         overwrite=overwrite,
     )
 
@@ -473,7 +480,7 @@ def _estimates_by_instrument(
     calibrations: dict[str, dict[str, Any] | None] = {}
     out: list[ParameterEstimate] = []
     for q, inst in enumerate(instruments):
-        warnings = list(observations[q].notes) if observations[q] is not None else []
+        warnings: list[str] = []
         matching = bundle.matching or index.meta.get("matching")
         if inst is not None and calibration_set_path(bundle) is None:
             warnings.append(

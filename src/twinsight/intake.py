@@ -975,3 +975,17 @@ def observation_from_array(
     observation = _intake(image, None, geometry, request, notes)
     observation.original.update(hdu=None, distance_from=None if dist is None else "given")
     return observation
+
+
+def needs_intake(path: str | Path) -> bool:
+    """Whether ``path`` is a FITS observation to bring onto the library's grid: a FITS file
+    whose image HDU has a celestial WCS. Other files are taken as library-grid images."""
+    path = Path(path)
+    if path.suffix.lower() not in (".fits", ".fit", ".fts", ".fz") or not path.is_file():
+        return False
+    try:
+        header, _, _ = _read_fits(path, None)
+    except TwinsightError:
+        return False  # the reader gives the clear error when the file is matched
+    sky, _ = _sky_matrix(header)
+    return sky is not None

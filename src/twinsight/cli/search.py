@@ -268,6 +268,8 @@ def _print_estimate(est: Any) -> None:
         o = est.observation.get("original") or {}
         made = (est.observation.get("instrument") or {}).get("provenance")
         console.print(f"observation: {o.get('pixel_scale_au', float('nan')):.3g} AU/pixel, {made}")
+        for note in est.observation.get("notes") or []:
+            console.print(f"  {note}")
     if est.instrument:
         console.print(f"calibrated for: {est.instrument.get('key')}")
     if est.typicality:
