@@ -9,7 +9,12 @@ JSON keys (stable; documented in the README, "JSON keys"):
   ``parameters.<name>.r2`` / ``.rmse`` (of the median, in the parameter's scale
   space: log10 or linear), ``.coverage_68``, ``.coverage_95``, ``.narrowing``,
   ``.scale``; ``calibration_curve`` (expected vs observed coverage per level);
-  ``matching`` (the number of matches used, whether calibrated);
+  ``matching`` (the number of matches used, whether calibrated); ``diagnostics``
+  (simulation-based calibration of the matches as posterior samples,
+  :mod:`twinsight.diagnostics`): ``diagnostics.tarp.atc`` / ``.ks_pvalue`` / ``.alpha``
+  / ``.ecp`` (joint coverage), ``diagnostics.sbc.<name>.ks_pvalue`` / ``.edges`` /
+  ``.hist`` (rank of the truth), ``diagnostics.coverage.levels`` / ``.observed.<name>``
+  (marginal expected coverage at 0.05 ... 0.95), ``diagnostics.samples``;
 - baselines: ``baselines.pixels.*`` and ``baselines.pca.*`` with the model's keys, by the
   same protocol; ``worse_than_pca`` and ``compared_on`` (MAP@R, or Spearman).
 
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from twinsight.data.targets import pair_similarity
+from twinsight.diagnostics import COVERAGE_LEVELS, posterior_diagnostics
 from twinsight.errors import TwinsightError
 from twinsight.index import SimilarityIndex
 from twinsight.inference import (
@@ -205,8 +211,15 @@ def parameter_recovery(
     *,
     matching: dict | None,
     columns: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Match each query against ``pool`` without its own system; R^2, RMSE, coverage, narrowing."""
+    """Match each query against ``pool`` without its own system; R^2, RMSE, coverage, narrowing.
+
+    ``diagnostics`` treats each query's matches as posterior samples (TARP, SBC ranks,
+    marginal expected coverage; :func:`twinsight.diagnostics.posterior_diagnostics`),
+    widened as the reported intervals are when the matching is calibrated; ``seed``
+    draws TARP's reference points.
+    """
     columns = pool.param_columns if columns is None else list(columns)
     pool.check_params(columns)
     if "system" not in query_items.columns:
@@ -264,8 +277,34 @@ def parameter_recovery(
         "parameters": out,
         "calibration_curve": curve,
         "matching": {"top": top, "calibrated": bool(m.get("inflation")), "pool": len(pool)},
+        "diagnostics": _diagnostics(arr, truth, prior, scales, columns, m, query_items, seed),
         "_arrays": extras,
     }
+
+
+def _diagnostics(
+    arr: dict[str, np.ndarray],
+    truth: np.ndarray,
+    prior: np.ndarray,
+    scales: Sequence[str],
+    columns: Sequence[str],
+    matching: dict,
+    query_items: Any,
+    seed: int,
+) -> dict[str, Any]:
+    """Posterior diagnostics of the recovery's matches, inflated as the reported intervals."""
+    calibrated = bool(matching.get("inflation"))
+    prior_s = np.stack([to_scale(prior[:, j], s) for j, s in enumerate(scales)], axis=-1)
+    return posterior_diagnostics(
+        arr["values"], arr["weights"], truth, arr["median"],
+        names=columns,
+        prior=prior_s,
+        inflation_68=inflation_factors(matching, columns, [0.68])[0] if calibrated else None,
+        coverage_inflation=inflation_factors(matching, columns, COVERAGE_LEVELS)
+        if calibrated else None,
+        groups=query_items["system"].astype(str).to_numpy(),
+        seed=seed,
+    )  # fmt: skip
 
 
 # -- the whole evaluation -------------------------------------------------------------------------
@@ -447,7 +486,7 @@ def _metrics_from(
                 param_columns=collection.param_columns,
             )
             matching = getattr(bundle, "matching", None) if bundle is not None else None
-            result.update(parameter_recovery(pool, emb, items, matching=matching))
+            result.update(parameter_recovery(pool, emb, items, matching=matching, seed=seed))
     return result
 
 

@@ -314,3 +314,72 @@ def plot_coverage_calibration(
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _finish(fig, path, overwrite)
+
+
+# -- posterior diagnostics (TARP, SBC ranks) ------------------------------------------------------
+def plot_tarp(
+    diagnostics: Mapping[str, Any], path: str | Path | None = None, *, overwrite: bool = True
+) -> Figure:
+    """TARP's joint expected coverage (left) and the marginal expected coverage per parameter
+    (right), both against the diagonal a calibrated posterior follows.
+
+    ``diagnostics`` is evaluate's ``diagnostics`` (:mod:`twinsight.diagnostics`): ``tarp``
+    (``alpha``, ``ecp``, ``atc``, ``ks_pvalue``) and ``coverage`` (``levels``,
+    ``observed`` {name: [...]}, ``intervals``). A curve below the diagonal: too narrow.
+    """
+    tarp, cov = diagnostics["tarp"], diagnostics["coverage"]
+    fig, axes = _figure(1, 2, figsize=(9, 4.2))
+    ax_joint, ax_marg = axes[0]
+    for ax in (ax_joint, ax_marg):
+        ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="calibrated")
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    ax_joint.plot(tarp["alpha"], tarp["ecp"], color="C0", lw=1.5, label="TARP")
+    ax_joint.set(xlabel="credibility level", ylabel="expected coverage (joint)")
+    ax_joint.set_title(f"TARP  ATC {tarp['atc']:+.3f}, KS p {tarp['ks_pvalue']:.2g}", fontsize=9)
+    ax_joint.legend(fontsize=7, loc="upper left")
+    for name, observed in dict(cov["observed"]).items():
+        ax_marg.plot(cov["levels"], observed, marker="o", ms=3, lw=1, label=name)
+    ax_marg.set(xlabel="nominal interval level", ylabel="observed coverage (marginal)")
+    ax_marg.set_title(f"marginal coverage ({cov['intervals']} intervals)", fontsize=9)
+    ax_marg.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _finish(fig, path, overwrite)
+
+
+def plot_sbc_ranks(
+    diagnostics: Mapping[str, Any], path: str | Path | None = None, *, overwrite: bool = True
+) -> Figure:
+    """SBC rank histograms, one panel per parameter, with the flat line of a calibrated
+    posterior and its 99 % band for this many draws (systems; normal approximation).
+
+    ``diagnostics`` is evaluate's ``diagnostics``: ``sbc`` {name: ``edges``, ``hist`` (share
+    per bin), ``ks_pvalue``} and ``samples.draws``. A U shape: too narrow; a hump: too
+    wide; a slope: biased.
+    """
+    sbc = dict(diagnostics["sbc"])
+    if not sbc:
+        raise TwinsightError("no SBC ranks to plot (no parameters)")
+    draws = max(int(diagnostics.get("samples", {}).get("draws", 1)), 1)
+    cols = min(4, len(sbc))
+    rows = -(-len(sbc) // cols)
+    fig, axes = _figure(rows, cols, figsize=(3.2 * cols, 2.8 * rows))
+    flat = axes.ravel()
+    for ax, (name, d) in zip(flat, sbc.items(), strict=False):
+        edges, hist = np.asarray(d["edges"]), np.asarray(d["hist"])
+        expected = 1.0 / len(hist)
+        band = 2.576 * np.sqrt(expected * (1 - expected) / draws)
+        ax.bar(edges[:-1], hist, width=np.diff(edges), align="edge", color="C0", alpha=0.7)
+        ax.axhspan(max(expected - band, 0), expected + band, color="0.5", alpha=0.25, zorder=3,
+                   label="99 % band")  # fmt: skip
+        ax.axhline(expected, color="0.3", lw=1, ls="--", zorder=4)
+        ax.set_title(f"{name}  (KS p {d['ks_pvalue']:.2g})", fontsize=9)
+        ax.set_xlabel("normalized rank of the truth", fontsize=8)
+        ax.set_ylabel("share of systems", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+    for ax in flat[len(sbc) :]:
+        ax.axis("off")
+    flat[0].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    return _finish(fig, path, overwrite)

@@ -201,13 +201,16 @@ class Evaluation:
         """Write the figures into folder ``out``; returns their paths.
 
         ``coverage.png`` (expected vs observed coverage of the intervals), ``recovery.png``
-        (median vs truth) and ``pairs.png`` (top, middle and bottom predicted pairs), where
-        the evaluation has what they need.
+        (median vs truth), ``tarp.png`` (TARP's joint and the marginal expected coverage),
+        ``sbc.png`` (rank histograms of the truths) and ``pairs.png`` (top, middle and
+        bottom predicted pairs), where the evaluation has what they need.
         """
         from twinsight.plots import (
             plot_coverage_calibration,
             plot_ranked_pairs,
             plot_recovery,
+            plot_sbc_ranks,
+            plot_tarp,
             select_ranked_pairs,
         )
 
@@ -229,6 +232,11 @@ class Evaluation:
                 written[-1],
                 r2=[p["r2"] for p in params.values()],
             )
+        if "diagnostics" in self.metrics:
+            written.append(out / "tarp.png")
+            plot_tarp(self.metrics["diagnostics"], written[-1])
+            written.append(out / "sbc.png")
+            plot_sbc_ranks(self.metrics["diagnostics"], written[-1])
         if "pairs" in self.arrays:
             i, j, predicted, target = self.arrays["pairs"]
             pick = np.unique(np.concatenate(list(select_ranked_pairs(predicted, 8).values())))

@@ -354,7 +354,11 @@ def recovery_arrays(
     inflation: np.ndarray | None = None,
     scales: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Medians [Q, P] and intervals [L, Q, P] (scale space) and prior widths for many queries."""
+    """Medians [Q, P] and intervals [L, Q, P] (scale space) and prior widths for many queries.
+
+    Also the matches behind them, ``values`` [Q, N, P] (scale space, raw: not inflated)
+    and ``weights`` [Q, N] (0 for a missing match), for posterior diagnostics.
+    """
     prior = index.params(columns)
     scales = (
         list(scales)
@@ -374,4 +378,6 @@ def recovery_arrays(
         "hi": hi,
         "prior_width_68": pq[1] - pq[0],
         "scales": np.array(scales),
+        "values": values,
+        "weights": weights,
     }
