@@ -365,6 +365,7 @@ def match(
     if len(excluded) > 1:
         index = _without_systems(index, excluded)
     instruments = [given or (o.instrument if o is not None else None) for o in observations]
+    queries = _at_library_noise(queries, instruments, index, bundle)
     estimates = _estimates_by_instrument(
         index, bundle, embed_queries(bundle, queries), queries, instruments, observations,
         columns=columns, excluded=excluded[0] if len(excluded) == 1 else None,
@@ -375,6 +376,18 @@ def match(
         isinstance(images, np.ndarray) and images.ndim < 4
     )
     return estimates[0] if single and len(estimates) == 1 else estimates
+
+
+def _at_library_noise(
+    queries: Queries, instruments: list[Instrument | None], index: SimilarityIndex, bundle: Any
+) -> Queries:
+    """Observations cleaner than the simulations get noise up to the library's own level."""
+    from twinsight.inference.queries import to_library_noise
+
+    if bundle.preprocessing.normalize != "minmax":
+        return queries
+    snrs = [False if inst is None else inst.snr for inst in instruments]
+    return to_library_noise(queries, snrs, index.meta.get("library_snr"))
 
 
 def _observed_queries(
@@ -467,56 +480,76 @@ def _estimates_by_instrument(
     settings: dict[str, Any],
 ) -> list[ParameterEstimate]:
     """Estimates of each query, calibrated for its instrument (one calibration per instrument)."""
-    from twinsight.inference import (
-        calibrate_for_instrument,
-        estimate_parameters,
-        query_truths,
-        range_warnings,
-        typicality,
-    )
-    from twinsight.inference.instrumented import calibration_set_path
+    from twinsight.inference import estimate_parameters, query_truths
 
     truths = query_truths(queries, columns)
-    calibrations: dict[str, dict[str, Any] | None] = {}
-    out: list[ParameterEstimate] = []
+    groups: dict[str | None, list[int]] = {}
     for q, inst in enumerate(instruments):
-        warnings: list[str] = []
-        matching = bundle.matching or index.meta.get("matching")
-        if inst is not None and calibration_set_path(bundle) is None:
-            warnings.append(
+        groups.setdefault(None if inst is None else inst.key, []).append(q)
+    out: list[ParameterEstimate | None] = [None] * len(instruments)
+    for rows in groups.values():
+        inst = instruments[rows[0]]
+        matching, calibrated_for, warnings = _calibration_for(index, bundle, inst)
+        estimates = estimate_parameters(
+            index, embeddings[rows], exclude_systems=excluded, columns=columns,
+            matching=matching, truths=truths[rows], query_names=[queries.names[q] for q in rows],
+            **settings,
+        )  # fmt: skip
+        for q, est in zip(rows, estimates, strict=True):
+            out[q] = _described(est, inst, calibrated_for, matching, observations[q], warnings)
+    return [e for e in out if e is not None]
+
+
+def _calibration_for(
+    index: SimilarityIndex, bundle: ModelBundle, inst: Instrument | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
+    """The matching calibration for ``inst`` (the stored clean one when None), the instrument
+    it was fitted for, and warnings (outside the trained range, no validation systems)."""
+    from twinsight.inference import calibrate_for_instrument, range_warnings
+    from twinsight.inference.instrumented import calibration_set_path
+
+    clean = bundle.matching or index.meta.get("matching")
+    if inst is None:
+        return clean, None, []
+    if calibration_set_path(bundle) is None:
+        return (
+            clean,
+            None,
+            [
                 f"not calibrated for {inst.describe()}: the model keeps no validation systems; "
                 "its intervals hold for clean simulations only"
+            ],
+        )
+    matching = calibrate_for_instrument(bundle, index, inst)
+    return matching, matching.get("instrument"), range_warnings(bundle, inst)
+
+
+def _described(
+    est: ParameterEstimate,
+    inst: Instrument | None,
+    calibrated_for: dict[str, Any] | None,
+    matching: dict[str, Any] | None,
+    observation: Any,
+    warnings: list[str],
+) -> ParameterEstimate:
+    """The estimate with its instrument, observation, typicality and warnings attached."""
+    from twinsight.inference import typicality
+
+    est.instrument = calibrated_for
+    est.observation = None if observation is None else observation.to_dict()
+    est.warnings = list(warnings)
+    if calibrated_for is not None and len(est.similarities):
+        est.typicality = typicality(matching, float(est.similarities[0]))
+        if est.typicality and est.typicality["atypical"]:
+            est.warnings.append(
+                f"this observation looks like none of the simulations seen through "
+                f"{inst.describe()}: its best-match similarity "
+                f"{est.typicality['best_similarity']:.3f} is below all but "
+                f"{est.typicality['p_value']:.1%} of theirs; treat the estimate with care"
             )
-            inst_calibrated = None
-        elif inst is not None:
-            if inst.key not in calibrations:
-                calibrations[inst.key] = calibrate_for_instrument(bundle, index, inst)
-            matching = calibrations[inst.key]
-            inst_calibrated = matching.get("instrument")
-            warnings += range_warnings(bundle, inst)
-        else:
-            inst_calibrated = None
-        est = estimate_parameters(
-            index, embeddings[q : q + 1], exclude_systems=excluded, columns=columns,
-            matching=matching, truths=truths[q : q + 1], query_names=[queries.names[q]],
-            **settings,
-        )[0]  # fmt: skip
-        est.instrument = inst_calibrated
-        est.observation = None if observations[q] is None else observations[q].to_dict()
-        if inst_calibrated is not None and len(est.similarities):
-            est.typicality = typicality(matching, float(est.similarities[0]))
-            if est.typicality and est.typicality["atypical"]:
-                warnings.append(
-                    f"this observation looks like none of the simulations seen through "
-                    f"{inst.describe()}: its best-match similarity "
-                    f"{est.typicality['best_similarity']:.3f} is below all but "
-                    f"{est.typicality['p_value']:.1%} of theirs; treat the estimate with care"
-                )
-        est.warnings = warnings
-        for w in warnings:
-            log.warning("%s: %s", queries.names[q], w)
-        out.append(est)
-    return out
+    for w in est.warnings:
+        log.warning("%s: %s", est.query, w)
+    return est
 
 
 def _check_excluded(index: SimilarityIndex, exclude: Sequence[Any] | Any | None) -> list[str]:

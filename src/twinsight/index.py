@@ -752,7 +752,7 @@ def _source_name(name: str) -> str:
 
 
 #: index.json fields a subset or a merge of indexes keeps.
-KEPT_META = ("source", "matching", "pixel_scale_au")
+KEPT_META = ("source", "matching", "pixel_scale_au", "library_snr")
 
 
 def build_index(
@@ -801,8 +801,22 @@ def build_index(
             "shard": None if shard_t is None else list(shard_t),
             "matching": getattr(bundle, "matching", None),
             "pixel_scale_au": _pixel_scale_au(collection.meta),
+            "library_snr": _library_snr(collection.meta),
         },
     )
+
+
+def _library_snr(meta: dict[str, Any]) -> float | None:
+    """The peak SNR of the library's own images (simulated sets: 1 / their noise level)."""
+    simulator = meta.get("simulator")
+    if not isinstance(simulator, dict):
+        return None
+    level = simulator.get("noise_level")
+    if level is None:  # sets written before the noise level was recorded
+        from twinsight.simulator.render import NOISE_LEVEL
+
+        level = NOISE_LEVEL
+    return 1.0 / float(level) if isinstance(level, int | float) and level > 0 else None
 
 
 def _pixel_scale_au(meta: dict[str, Any]) -> float | None:

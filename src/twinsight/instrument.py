@@ -14,7 +14,7 @@ header, or ``estimated`` from the image), so every estimate can say so.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -157,12 +157,18 @@ def beam_kernel(major: float, minor: float, pa_deg: float) -> np.ndarray | None:
 
 
 def degrade(
-    images: np.ndarray, instrument: Instrument, *, seed: int | np.random.Generator = 0
+    images: np.ndarray,
+    instrument: Instrument,
+    *,
+    seed: int | np.random.Generator = 0,
+    library_snr: float | None = None,
 ) -> np.ndarray:
-    """Clean images [N, C, H, W] seen through ``instrument``: beam, then noise of peak / SNR.
+    """Library images [N, C, H, W] seen through ``instrument``: beam, then noise of peak / SNR.
 
     The noise sigma of each image is its own beam-convolved peak over the SNR, as
-    :func:`twinsight.simulator.observe_image` defines it. Seeded: the same seed gives the
+    :func:`twinsight.simulator.observe_image` defines it. Simulations carry noise of their
+    own (peak / ``library_snr``): only what is missing is added, in quadrature, and none
+    when the instrument's SNR is at or above the library's. Seeded: the same seed gives the
     same pixels.
     """
     x = np.asarray(images, dtype=np.float64)
@@ -173,11 +179,28 @@ def degrade(
         x = np.stack(
             [[convolve(img, kernel, mode="constant") for img in chans] for chans in x]
         ).reshape(x.shape)
-    if instrument.snr is not None:
+    relative = missing_noise(instrument.snr, library_snr)
+    if relative > 0:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         peak = np.abs(x).reshape(len(x), -1).max(axis=1).reshape(-1, 1, 1, 1)
-        x = x + rng.normal(0.0, 1.0, x.shape) * (peak / instrument.snr)
+        x = x + rng.normal(0.0, 1.0, x.shape) * (peak * relative)
     return x.astype(np.float32)
+
+
+def missing_noise(snr: float | None, have_snr: float | None) -> float:
+    """The noise sigma (a fraction of the peak) that takes an image of SNR ``have_snr``
+    (None: noise-free) to SNR ``snr`` (None: noise-free): 0 when it is already noisier."""
+    want = 0.0 if snr is None else 1.0 / snr
+    have = 0.0 if have_snr is None else 1.0 / have_snr
+    return math.sqrt(want**2 - have**2) if want > have else 0.0
+
+
+def at_library_floor(instrument: Instrument, library_snr: float | None) -> Instrument:
+    """The instrument as the library can show it: an SNR at or above the simulations' own
+    (``library_snr``) is the simulations' own noise, named noise-free (``snr=None``)."""
+    if library_snr is None or instrument.snr is None or instrument.snr < library_snr:
+        return instrument
+    return replace(instrument, snr=None)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
 from twinsight.index import SimilarityIndex
 from twinsight.inference.conformal import calibrate_from_embeddings
-from twinsight.instrument import Instrument, InstrumentRange, degrade
+from twinsight.instrument import Instrument, InstrumentRange, at_library_floor, degrade
 from twinsight.io import dumps
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,14 @@ def calibrate_for_instrument(
     """
     from twinsight.embedding import embed_images
 
-    instrument = instrument.rounded
+    library_snr = index.meta.get("library_snr")
+    instrument = at_library_floor(instrument.rounded, library_snr)
     path = _cache_path(index, bundle, instrument) if use_cache else None
     cached = _read_cache(path)
     if cached is not None:
         return cached
     val = load_calibration_set(bundle)
-    seen = degrade(val.images(), instrument, seed=seed)
+    seen = degrade(val.images(), instrument, seed=seed, library_snr=library_snr)
     emb = embed_images(bundle.encoder, seen, bundle.preprocessing, batch_size=batch_size)
     normalizer = (getattr(bundle, "targets", None) or {}).get("normalizer") or {}
     columns = [c for c in index.param_columns if c in val.items.columns]

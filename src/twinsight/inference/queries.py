@@ -97,3 +97,32 @@ def query_truths(queries: Queries, columns: Sequence[str]) -> np.ndarray:
         if c in queries.items.columns:
             out[:, j] = pd.to_numeric(queries.items[c], errors="coerce").to_numpy(dtype=np.float64)
     return out
+
+
+def to_library_noise(
+    queries: Queries, snrs: Sequence[float | None | bool], library_snr: float | None, seed: int = 0
+) -> Queries:
+    """Queries cleaner than the library's own images given noise up to the library's level.
+
+    Why: every simulation carries noise of peak / ``library_snr``; an observation with less
+    (a high SNR, or none at all) embeds where no simulation lies and reads as atypical. Its
+    missing noise is added (seeded) after min-max scaling, where sigma is a fraction of the
+    peak. ``snrs[q]`` is the query's SNR (None: noise-free), or False to leave it as it is.
+    For models that min-max scale their inputs.
+    """
+    from dataclasses import replace
+
+    from twinsight.data.transforms import minmax_per_image
+    from twinsight.instrument import missing_noise
+
+    if library_snr is None:
+        return queries
+    images = queries.images.copy()
+    rng = np.random.default_rng([int(seed), 7])
+    for q, snr in enumerate(snrs):
+        sigma = 0.0 if snr is False else missing_noise(library_snr, snr)
+        if sigma > 0:
+            images[q] = minmax_per_image((images[q] + rng.normal(0, sigma, images[q].shape))[None])[
+                0
+            ]
+    return replace(queries, images=images)

@@ -30,7 +30,13 @@ from twinsight.simulator.priors import (
     simulate_systems,
     system_rng,
 )
-from twinsight.simulator.render import FIELD_OF_VIEW_AU, MIN_SIZE, pixel_scale, render_system
+from twinsight.simulator.render import (
+    FIELD_OF_VIEW_AU,
+    MIN_SIZE,
+    NOISE_LEVEL,
+    pixel_scale,
+    render_system,
+)
 
 #: Version of the simulator model; bump it whenever the images of a seed change.
 SIMULATOR_VERSION = 1
@@ -58,6 +64,7 @@ def simulation_meta(n_projections: int, size: int, seed: int) -> dict[str, Any]:
             "size": int(size),
             "field_of_view_au": FIELD_OF_VIEW_AU,
             "pixel_scale_au": pixel_scale(size),
+            "noise_level": NOISE_LEVEL,
         },
     }
 
