@@ -157,13 +157,19 @@ def build_index(
     shard: str | tuple[int, int] | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str = "fp32",
+    devices: int = 1,
     progress: bool = False,
-) -> SimilarityIndex:
+) -> SimilarityIndex | None:
     """Embed a collection (or one shard of it) with a model and index it (FAISS).
 
     The index records the model's fingerprint, and its path when ``model`` is given by
     path or as a TrainResult, so that later searches find their model by themselves.
+    ``device`` runs the encoder ("auto": the GPU when there is one), ``precision``
+    autocasts on a GPU ("fp16", "bf16", "auto"). ``devices`` > 1 embeds in that many
+    processes (Lightning re-runs this script once per further device: call it from a
+    script); then global rank 0 gets the index, equal to one process's, the others None.
     """
     from twinsight.index import build_index as index_collection
 
@@ -177,6 +183,9 @@ def build_index(
         nprobe=nprobe,
         ef_search=ef_search,
         progress=progress,
+        device=device,
+        precision=precision,
+        devices=devices,
     )
 
 

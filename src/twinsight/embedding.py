@@ -8,8 +8,9 @@ channels-last, which runs convolutions 1.5-1.7x faster on this machine.
 The device is chosen per call: ``"auto"`` (the default) is the CUDA GPU when
 there is one and the CPU otherwise; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` and
 ``"mps"`` name one. On a GPU, ``precision="bf16"`` or ``"fp16"`` runs the
-encoder under autocast (the embeddings come back float32 either way); the
-default ``"fp32"`` runs it as it is, so CPU results are those of plain PyTorch.
+encoder under autocast (the embeddings come back float32 either way), and
+``"auto"`` picks fp16 there; the default ``"fp32"`` runs it as it is, so CPU
+results are those of plain PyTorch.
 """
 
 from __future__ import annotations
@@ -82,9 +83,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _autocast(dev: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast to bf16/fp16 on a GPU for ``precision``; nothing for fp32 or on the CPU."""
+    """Autocast to bf16/fp16 on a GPU for ``precision``; nothing for fp32 or on the CPU.
+
+    ``"auto"`` is fp16 on a CUDA GPU (as training's ``16-mixed``) and fp32 elsewhere.
+    """
+    if precision == "auto":
+        precision = "fp16" if dev.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
-        raise TwinsightError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        choices = ", ".join([*PRECISIONS, "auto"])
+        raise TwinsightError(f"unknown precision {precision!r}; use one of {choices}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()

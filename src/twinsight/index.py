@@ -755,6 +755,17 @@ def _source_name(name: str) -> str:
 KEPT_META = ("source", "matching", "pixel_scale_au", "library_snr")
 
 
+def _embed_part(bundle: Any, part: Any, devices: int, embed: dict[str, Any]) -> np.ndarray | None:
+    """The embeddings of ``part``: in this process, or across ``devices`` (None off rank 0)."""
+    if devices == 1:
+        from twinsight.embedding import embed_collection
+
+        return embed_collection(bundle, part, **embed)
+    from twinsight.distributed import embed_across
+
+    return embed_across(bundle, part, devices=devices, **embed)
+
+
 def build_index(
     bundle: Any,
     collection: Any,
@@ -767,22 +778,26 @@ def build_index(
     ef_search: int | None = None,
     progress: bool = False,
     device: str | Any = "auto",
-) -> SimilarityIndex:
+    precision: str = "fp32",
+    devices: int = 1,
+) -> SimilarityIndex | None:
     """Embed ``collection`` (or one shard of it) with ``bundle`` and index it.
 
     ``device`` is where the encoder runs (see :func:`twinsight.embedding.resolve_device`:
-    "auto" is the GPU when there is one).
+    "auto" is the GPU when there is one); ``precision`` "bf16"/"fp16"/"auto" autocasts
+    there on a GPU only. ``devices`` > 1 embeds in that many processes of ``device``'s
+    kind (:func:`twinsight.distributed.embed_across`): global rank 0 returns the index,
+    equal to one process's, and the other ranks None.
     """
-    from twinsight.embedding import embed_collection
-
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     positions = shard_positions(len(collection), shard_t)
     part = collection if shard_t is None else collection.subset(positions)
     if len(part) == 0:
         raise TwinsightError(f"shard {shard} of '{collection.name}' is empty")
-    embeddings = embed_collection(
-        bundle, part, batch_size=batch_size, device=device, progress=progress
-    )
+    embed = dict(batch_size=batch_size, device=device, precision=precision, progress=progress)
+    embeddings = _embed_part(bundle, part, check_positive_int(devices, "devices"), embed)
+    if embeddings is None:  # another rank: its rows went to rank 0
+        return None
     targets = getattr(bundle, "targets", None) or {}
     params = [c for c in collection.param_columns]
     return SimilarityIndex.build(

@@ -35,6 +35,7 @@ from twinsight.config import validate_config as _validate_config
 from twinsight.data.collection import Collection
 from twinsight.data.readers import open_collection
 from twinsight.data.transforms import preprocess
+from twinsight.distributed import is_rank_zero
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import (
     WriteRefusedError,
@@ -97,7 +98,9 @@ def train(
     """
     cfg = resolve_config(config, **overrides)
     out = Path(out)
-    main = _global_rank() == 0  # under DDP every rank runs this; only rank 0 writes files
+    # Under DDP every rank runs this (Lightning re-runs the command per device, srun starts
+    # them all); rank 0 alone locks, checks and writes the run, the others only train.
+    main = is_rank_zero()
     lock = output_lock(out) if main else contextlib.nullcontext()
     with lock:  # one writer per run: RUN and RUN.partial, from the check to the publishing
         return _train_locked(data, out, cfg, resume, overwrite, callbacks, main)
@@ -113,15 +116,14 @@ def _train_locked(
     main: bool,
 ) -> TrainResult:
     work = partial_dir(out)
-    _check_run_paths(out, work, resume=resume, overwrite=overwrite)
+    if main:  # the other ranks find RUN.partial made by rank 0: theirs is not to judge
+        _check_run_paths(out, work, resume=resume, overwrite=overwrite)
     collection = data if isinstance(data, Collection) else open_collection(data)
     train_c, val_c, shape = split_with_info(collection, cfg)
     prep = prepare(cfg, train_c, val_c, validation=shape)
     fresh = not resume
-    if main and fresh and work.exists():
-        shutil.rmtree(work)
-    with disk_errors(work):
-        work.mkdir(parents=True, exist_ok=True)
+    if main:
+        _fresh_work_dir(work, fresh)
     try:
         if main:
             write_text_atomic(work / "config.yaml", config_to_yaml(cfg))
@@ -162,6 +164,14 @@ def _train_locked(
     return TrainResult(out, bundle, metrics)
 
 
+def _fresh_work_dir(work: Path, fresh: bool) -> None:
+    """Make RUN.partial; a fresh run starts it empty (--overwrite discards an interrupted one)."""
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    with disk_errors(work):
+        work.mkdir(parents=True, exist_ok=True)
+
+
 def _has_checkpoint(work: Path) -> bool:
     from twinsight.training.fitting import LAST_CHECKPOINT
 
@@ -193,13 +203,6 @@ def _published_paths(metrics: dict[str, Any], work: Path, out: Path) -> dict[str
             return metrics
         metrics = {**metrics, "best_checkpoint": str(out / relative)}
     return metrics
-
-
-def _global_rank() -> int:
-    """This process's rank in a distributed launch (torchrun, SLURM); 0 when alone."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _check_run_paths(out: Path, work: Path, *, resume: bool, overwrite: bool) -> None:

@@ -20,7 +20,17 @@ from twinsight import __version__
 from twinsight.cli._app import app, err_console
 from twinsight.errors import TwinsightError
 
-_CHATTY_LOGGERS = ("PML", "lightning.pytorch", "lightning.fabric", "faiss")
+_CHATTY_LOGGERS = (
+    "PML",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "faiss",
+    # `index --devices N` imports Lightning late (which resets the two above): its
+    # process-group notes are quieted through their own loggers
+    "lightning.fabric.utilities.distributed",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+)
 _TRAINING_COMMANDS = ("train", "tune", "demo")
 
 

@@ -59,19 +59,34 @@ def index_cmd(
     ),
     nprobe: int | None = typer.Option(None, help="IVF lists probed per query (default 16)."),
     ef_search: int | None = typer.Option(None, help="HNSW search depth (default 64)."),
+    device: str = typer.Option("auto", help="Where the encoder runs: auto, cpu, cuda, cuda:1."),
+    devices: int = typer.Option(
+        1, min=1, help="Processes that embed (one per GPU; on cpu, N processes); rank 0 writes."
+    ),
+    precision: str = typer.Option(
+        "auto", help="auto (fp16 autocast on a GPU, fp32 on CPU), fp32, fp16, bf16."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing index folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
     """Embed a collection with a trained model and write a FAISS index folder."""
+    import contextlib
+
     from twinsight.api import build_index
+    from twinsight.distributed import is_rank_zero
     from twinsight.fsutil import check_output_path, output_lock
 
-    with output_lock(out):  # one writer per index folder, from the check to the rename
-        check_output_path(out, overwrite)
+    main = is_rank_zero()  # with --devices N the other ranks only embed their share
+    with output_lock(out) if main else contextlib.nullcontext():  # one writer per index folder
+        if main:
+            check_output_path(out, overwrite)
         index = build_index(
             run, data, index_type=index_type, batch_size=batch_size, shard=shard, nprobe=nprobe,
-            ef_search=ef_search, progress=not as_json,
+            ef_search=ef_search, progress=main and not as_json, device=device,
+            precision=precision, devices=devices,
         )  # fmt: skip
+        if index is None:
+            return
         index.save(out, overwrite=overwrite)
     if as_json:
         print_json(index.to_dict() | {"path": str(out)})

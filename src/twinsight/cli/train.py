@@ -113,6 +113,7 @@ def train(**options: Any) -> None:
     from twinsight.api import resolve_config
     from twinsight.api import train as train_run
     from twinsight.config import config_to_yaml
+    from twinsight.distributed import is_rank_zero
 
     data, out, config = options.pop("data"), options.pop("out"), options.pop("config")
     resume, overwrite = options.pop("resume"), options.pop("overwrite")
@@ -127,6 +128,8 @@ def train(**options: Any) -> None:
             "train needs DATA and --out RUN (e.g. twinsight train mnist5k --out runs/mnist)"
         )
     result = train_run(data, out, cfg, resume=resume, overwrite=overwrite)
+    if not is_rank_zero():  # another rank of a DDP launch: rank 0 reports the run
+        return
     if as_json:
         print_json(result.to_dict())
         return

@@ -15,6 +15,7 @@ from twinsight.data.collection import Collection
 from twinsight.data.sampling import MPerClassSampler, MPerSystemSampler, RandomBatchSampler
 from twinsight.data.targets import TargetSpec
 from twinsight.data.transforms import Preprocessing, preprocess
+from twinsight.distributed import batch_block
 from twinsight.errors import TwinsightError
 
 if TYPE_CHECKING:
@@ -66,6 +67,30 @@ class BatchDataset(torch.utils.data.Dataset):
 def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
     """Consecutive batches of positions 0..n-1 (validation order)."""
     return [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
+
+
+def val_batch_size(config: TrainConfig) -> int:
+    """Images per validation batch: twice the training batch (no gradients to keep)."""
+    return config.trainer.batch_size * 2
+
+
+def shards_validation(n: int, batch_size: int, world: int) -> bool:
+    """Whether each of ``world`` ranks validates a share (then gathered): when every rank
+    gets at least one batch; else every rank validates all, as one process does."""
+    return world > 1 and -(-n // batch_size) >= world
+
+
+def validation_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's validation batches: its run of the one-process batches, or all of them.
+
+    The shares, gathered in rank order (:func:`twinsight.distributed.gather_rows`), are
+    the whole validation set in its order, so every rank measures all of it, never only
+    its share.
+    """
+    if not shards_validation(n, batch_size, world):
+        return sequential_batches(n, batch_size)
+    block = batch_block(n, batch_size, rank, world)
+    return [block[s : s + batch_size].tolist() for s in range(0, len(block), batch_size)]
 
 
 #: Fewest optimizer steps per epoch for class targets (``--min-steps-per-epoch`` default).
@@ -235,13 +260,20 @@ def loaders(prep: Prepared, trainer: pl.Trainer) -> tuple[Any, Any]:
         datasets.append(BatchDataset(coll, y, prep.preprocessing, images))
     workers = 0 if in_memory else cfg.runtime.num_workers
     extra = {"persistent_workers": True} if workers else {}
-    batches = build_sampler(cfg, prep.spec, prep.train, trainer.global_rank, trainer.world_size)
+    rank, world = trainer.global_rank, trainer.world_size
+    batches = build_sampler(cfg, prep.spec, prep.train, rank, world)
+    if len(batches) == 0:
+        raise TwinsightError(
+            f"{world} processes share {len(prep.train)} training images, too few for one "
+            "batch each per epoch; use fewer --devices, a smaller --batch-size or a larger "
+            "--min-steps-per-epoch"
+        )
     train_loader = torch.utils.data.DataLoader(
         datasets[0], batch_sampler=batches, collate_fn=_identity, num_workers=workers, **extra
     )
     val_loader = torch.utils.data.DataLoader(
         datasets[1],
-        batch_sampler=sequential_batches(len(prep.val), cfg.trainer.batch_size * 2),
+        batch_sampler=validation_batches(len(prep.val), val_batch_size(cfg), rank, world),
         collate_fn=_identity,
         num_workers=workers,
         **extra,

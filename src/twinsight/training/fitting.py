@@ -26,10 +26,11 @@ from twinsight import __version__
 from twinsight.config import TrainConfig, config_differences, config_hash, hashed_part
 from twinsight.data.collection import Collection
 from twinsight.data.transforms import preprocess
+from twinsight.distributed import check_rank
 from twinsight.errors import TwinsightError
 from twinsight.models.bundle import ModelBundle
 from twinsight.training.calibration import score_calibration
-from twinsight.training.data import loaders
+from twinsight.training.data import loaders, shards_validation, val_batch_size
 from twinsight.training.module import SiameseModule
 from twinsight.training.preparation import Prepared, prepare
 
@@ -142,14 +143,19 @@ def _fit_prepared(
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = SiameseModule(**hparams)
     trainer, checkpoint = build_trainer(cfg, work, callbacks, len(prep.sampler))
+    check_rank(trainer.global_rank, "train")
     train_loader, val_loader = loaders(prep, trainer)
     module.train_batches = train_loader.batch_sampler
+    module.gather_validation = shards_validation(
+        len(prep.val), val_batch_size(cfg), trainer.world_size
+    )
     previous = _previous_metrics(work) if resume else None
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    if trainer.global_rank == 0:
-        _merge_metrics(work, previous)
+    if trainer.global_rank != 0:  # rank 0 loads the best weights, measures them and writes
+        return _rank_result(prep, module, trainer, seconds)
+    _merge_metrics(work, previous)
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     if best_path and best_path.is_file():
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -269,9 +275,34 @@ def _finish(
     encoder = module.encoder.cpu().eval()
     emb, y = _embed_validation(encoder, prep)
     final = module.validation_metrics(emb, y)
+    metrics = _run_metrics(prep, module, trainer, seconds, best_path, final)
+    calibration = score_calibration(module.loss_fn, emb, y, prep.spec)
+    return _bundle(prep, encoder, calibration, metrics), metrics
+
+
+def _rank_result(
+    prep: Prepared, module: SiameseModule, trainer: pl.Trainer, seconds: float
+) -> tuple[ModelBundle, dict[str, Any]]:
+    """What a rank other than 0 returns: its last weights and the epochs' history, unmeasured.
+
+    Why not the best weights: rank 0 reads best.ckpt and then publishes the run folder it
+    is in; this rank's result is not written anywhere, and only rank 0 measures.
+    """
+    metrics = _run_metrics(prep, module, trainer, seconds, None, {})
+    return _bundle(prep, module.encoder.cpu().eval(), None, metrics), metrics
+
+
+def _run_metrics(
+    prep: Prepared,
+    module: SiameseModule,
+    trainer: pl.Trainer,
+    seconds: float,
+    best_path: Path | None,
+    final: dict[str, float],
+) -> dict[str, Any]:
     history = sorted(module.history, key=lambda r: r["epoch"])
     best = max(history, key=lambda r: r.get("val_score", -1.0)) if history else {}
-    metrics = {
+    return {
         "history": history,
         "best_epoch": best.get("epoch"),
         "epochs_run": int(trainer.current_epoch),
@@ -279,17 +310,26 @@ def _finish(
         "train_seconds": round(seconds, 2),
         "train_images": len(prep.train),
         "val_images": len(prep.val),
+        "world_size": int(trainer.world_size),
         "validation": dict(prep.validation),
         "final": {k: float(v) for k, v in final.items()},
         "best_checkpoint": str(best_path) if best_path else None,
     }
-    bundle = ModelBundle(
+
+
+def _bundle(
+    prep: Prepared,
+    encoder: nn.Module,
+    calibration: dict[str, float] | None,
+    metrics: dict[str, Any],
+) -> ModelBundle:
+    return ModelBundle(
         encoder=encoder,
         encoder_name=prep.encoder_name,
         encoder_config=prep.encoder_config,
         preprocessing=prep.preprocessing,
         targets=prep.targets_dict,
-        calibration=score_calibration(module.loss_fn, emb, y, prep.spec),
+        calibration=calibration,
         matching=None,
         training={
             "config": prep.config.model_dump(mode="json"),
@@ -305,7 +345,6 @@ def _finish(
             module.instrument_range.to_dict() if module.augment == "instrument" else None
         ),
     )
-    return bundle, metrics
 
 
 def _pixel_scale_au(meta: dict[str, Any]) -> float | None:

@@ -10,6 +10,7 @@ import torch
 
 from twinsight.config import TrainConfig
 from twinsight.data.targets import TargetSpec, target_matrix
+from twinsight.distributed import gather_rows, sum_across
 from twinsight.errors import TwinsightError
 from twinsight.losses import create_loss
 from twinsight.models.encoders import create_encoder
@@ -61,6 +62,8 @@ class SiameseModule(pl.LightningModule):
         self._loss_sum = 0.0
         self._loss_n = 0
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: True when each rank validates a share of the set (DDP; set by the fit)
+        self.gather_validation = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -118,12 +121,18 @@ class SiameseModule(pl.LightningModule):
         emb = torch.cat([e for e, _ in self._val])
         y = torch.cat([t for _, t in self._val])
         self._val = []
+        if self.gather_validation:  # each rank validated a share: all of it, on every rank
+            emb, y = gather_rows(emb), gather_rows(y)
         metrics = self.validation_metrics(emb, y)
+        # the same numbers on every rank (the whole validation set); syncing them averages
+        # equal values, and keeps the checkpoint and early-stopping decisions in step
+        distributed = self.trainer.world_size > 1
         for key, value in metrics.items():
-            self.log(key, value, prog_bar=key == "val_score", sync_dist=False)
+            self.log(key, value, prog_bar=key == "val_score", sync_dist=distributed)
+        loss_sum, loss_n = sum_across([self._loss_sum, self._loss_n])  # the mean of all ranks
         row = {
             "epoch": int(self.current_epoch),
-            "train_loss": self._loss_sum / max(1, self._loss_n),
+            "train_loss": loss_sum / max(1, loss_n),
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
             **{k: float(v) for k, v in metrics.items()},
         }
