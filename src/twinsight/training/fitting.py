@@ -341,10 +341,18 @@ def _bundle(
             "twinsight_version": __version__,
             "pixel_scale_au": _pixel_scale_au(prep.train.meta),
         },
-        instrument_range=(
-            module.instrument_range.to_dict() if module.augment == "instrument" else None
-        ),
+        instrument_range=_trained_instruments(prep),
     )
+
+
+def _trained_instruments(prep: Prepared) -> dict[str, float] | None:
+    """The instrument range training showed the library through (None: no such augmentation)."""
+    from twinsight.training.augment import augment_choice, instrument_range
+
+    channels = int(prep.encoder_config.get("in_channels", 1))
+    if augment_choice(prep.config, prep.spec.kind, channels) != "instrument":
+        return None
+    return instrument_range(prep.config).to_dict()
 
 
 def _pixel_scale_au(meta: dict[str, Any]) -> float | None:
