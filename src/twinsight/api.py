@@ -738,7 +738,8 @@ def tune(
     if trials is not None and trials < 1:
         raise TwinsightError(f"--trials must be >= 1, got {trials}")
     cfg = resolve_config(config, **overrides)
-    cfg = apply_overrides(cfg, {"trainer.epochs": epochs})
+    cfg = apply_overrides(cfg, {"trainer.epochs": epochs or cfg.trainer.epochs or
+                                tuning.TRIAL_EPOCHS})  # fmt: skip
     collection = data if isinstance(data, Collection) else open_collection(data)
     kind = resolve_targets(cfg, collection).kind
     entries = tuning.default_space(kind)

@@ -365,6 +365,12 @@ class PruningCallback(pl.Callback):
             raise optuna.TrialPruned(message)
 
 
+#: Epochs of each trial when neither ``--epochs`` nor the configuration says: a study
+#: compares configurations at one short, equal budget, so that a 10-minute study on two
+#: cores runs tens of trials instead of a few full-length ones (README, "Tuning").
+TRIAL_EPOCHS = 8
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     """asha (successive halving), hyperband, median, or none (never prune)."""
     if name == "asha":

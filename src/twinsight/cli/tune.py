@@ -32,7 +32,9 @@ def tune(
     ),
     metric: str = typer.Option("auto", "--metric", help="Validation metric (auto: val_score)."),
     pruner: str = typer.Option("asha", "--pruner", help="asha | hyperband | median | none."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epoch budget of each trial."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epoch budget of each trial (default: the configuration's, else 8)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue or join STUDY_DIR's study."),
     retrain_best: bool = typer.Option(
         False, "--retrain-best", help="Train the best configuration into STUDY_DIR/best_run."
