@@ -91,6 +91,28 @@ def test_instrument_range_says_what_lies_outside_it():
     assert any("beam 6" in o for o in outside) and any("SNR 2" in o for o in outside)
 
 
+def test_the_library_noise_is_counted_once():
+    from twinsight.instrument import at_library_floor, missing_noise
+
+    assert missing_noise(30.0, 100.0) == pytest.approx(math.sqrt(1 / 30**2 - 1 / 100**2))
+    assert missing_noise(10.0, None) == pytest.approx(0.1)
+    assert missing_noise(200.0, 100.0) == 0.0 and missing_noise(None, 100.0) == 0.0
+    assert at_library_floor(Instrument(2.0, snr=150.0), 100.0).snr is None
+    assert at_library_floor(Instrument(2.0, snr=50.0), 100.0).snr == 50.0
+    x = np.ones((200, 1, 8, 8), dtype=np.float32)
+    assert np.std(degrade(x, Instrument(0.0, snr=100.0), library_snr=100.0)) == 0.0
+
+
+def test_typicality_is_the_share_of_simulations_seen_alike_at_or_below():
+    from twinsight.inference import typicality
+
+    matching = {"typicality": {"best_similarity": [0.5, 0.6, 0.7, 0.8, 0.9]}}
+    assert typicality(matching, 0.1)["p_value"] == pytest.approx(1 / 6)
+    assert typicality(matching, 0.75)["p_value"] == pytest.approx(4 / 6)
+    assert typicality(matching, 0.95)["p_value"] == 1.0
+    assert typicality({}, 0.5) is None
+
+
 # -- training keeps what instrument calibration needs --------------------------------------------
 def test_training_keeps_the_validation_systems_and_the_instrument_range(library):
     meta = json.loads((library["run"] / "model" / "twinsight.json").read_text())
