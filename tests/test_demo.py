@@ -218,6 +218,41 @@ def test_quick_demo_report_numbers_equal_the_json(quick_demo):
     assert (out / "observation" / "observation.fits").read_bytes()[:6] == b"SIMPLE"
 
 
+def test_quick_demo_matches_through_the_intake_and_states_its_instrument(quick_demo):
+    """The observation is matched as an archive file: its WCS read, the estimate calibrated
+    for the instrument the intake found, with its typicality; the grid is in the record."""
+    from helpers import report_values
+    from twinsight.demo import QUICK
+
+    out, _, _ = quick_demo
+    estimate, evaluation = _numbers(out)
+    observation = estimate["observation"]
+    provenance = observation["instrument"]["provenance"]
+    assert provenance["pixel_scale"] == "read" and provenance["beam"] == "read"
+    assert observation["original"]["distance_pc"] == 140.0
+    assert observation["original"]["pixel_scale_au"] == pytest.approx(1000 / QUICK.size)
+    calibrated_for = estimate["calibrated_for"]
+    assert isinstance(calibrated_for, dict) and calibrated_for["key"].startswith("beam")
+    assert calibrated_for["beam_major"] == pytest.approx(QUICK.beam_fwhm, abs=0.05)
+    assert 0 < estimate["typicality"]["p_value"] <= 1
+    assert isinstance(estimate["warnings"], list)
+    grid = {inst.rounded.key for inst in QUICK.instruments()}
+    assert set(evaluation["instruments"]) == grid and len(grid) == 4
+    for metrics in evaluation["instruments"].values():
+        assert set(metrics["parameters"]) == set(estimate["parameters"])
+        assert 0 <= metrics["typicality_warning_rate"] <= 1
+    assert set(evaluation["summary"]) == {"systems", "coverage_68", "coverage_95"}  # clean
+    text = (out / "report.html").read_text()
+    values = report_values(text)
+    assert 'id="instrument-table"' in text
+    for key, metrics in evaluation["instruments"].items():
+        cov = metrics["parameters"]["mass"]["coverage_68"]
+        assert values[f"instruments.{key}.mass.coverage_68"][0] == cov
+    assert f'data-instrument="{calibrated_for["key"]}"' in text  # the observed system's
+    assert values["typicality.p_value"][0] == estimate["typicality"]["p_value"]
+    assert values["observation.pixel_scale_au"][0] == observation["original"]["pixel_scale_au"]
+
+
 def test_quick_demo_rerun_skips_every_stage(quick_demo, run_cli):
     out, _, _ = quick_demo
     before = _numbers(out)
@@ -356,6 +391,9 @@ def test_demo_stage_graph():
     assert FULL.n_systems >= 1000 and FULL.size == 64 and FULL.n_projections == 8
     full = {s.name: s for s in demo_stages(FULL, seed=3)}
     assert full["train"].config != by_name["train"].config
+    assert len(FULL.instruments()) == 16 and len(QUICK.instruments()) == 4
+    assert full["calibrate"].config["grid_snrs"] == [10.0, 30.0, 100.0, "inf"]
+    json.dumps(QUICK.to_dict(), allow_nan=False)  # strict JSON: no Infinity in stages.json
 
 
 def test_every_demo_setting_enters_a_stage_fingerprint():

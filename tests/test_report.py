@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,83 @@ def test_report_command(tmp_path, run_cli):
     result = run_cli("report", tmp_path / "missing")
     assert result.exit_code == 2
     assert "does not exist" in result.stderr
+
+
+def _instrumented(written: dict) -> dict:
+    """The run's estimate as matched through the intake, its calibration with a grid."""
+    estimate, calibration = written["estimate"], written["calibration"]
+    estimate["calibrated_for"] = {"beam_major": 2.0, "beam_minor": 2.0, "beam_pa": 0.0,
+                                  "snr": 30.0, "key": "beam2.0x2.0pa0-snr30"}  # fmt: skip
+    estimate["observation"] = {
+        "instrument": {"beam_major": 2.04, "snr": 29.1,
+                       "provenance": {"pixel_scale": "read", "beam": "given",
+                                      "noise": "estimated", "centre": "found"}},
+        "original": {"distance_pc": 140.0, "distance_from": "read", "pixel_scale_au": 15.625,
+                     "beam_arcsec": [0.2, 0.1, 30.0], "noise": 0.0123, "bunit": "Jy/beam"},
+        "notes": ["distance 140 pc read from the header's DISTANCE key"],
+    }  # fmt: skip
+    estimate["typicality"] = {
+        "best_similarity": 0.93,
+        "p_value": 0.004,
+        "alpha": 0.01,
+        "reference": 90,
+        "reference_median": 0.98,
+        "atypical": True,
+    }
+    estimate["warnings"] = ["this observation looks like none of the simulations <b>"]
+
+    def through(cov68: float, cov95: float) -> dict:
+        return {n: {"coverage_68": cov68, "coverage_95": cov95, "r2": 0.5} for n in NAMES}
+
+    calibration["instruments"] = {
+        "beam0.0x0.0pa0-snrinf": {"instrument": {"beam_major": 0.0, "snr": None},
+                                  "parameters": through(0.70, 0.95),
+                                  "typicality_warning_rate": 0.0},
+        "beam2.0x2.0pa0-snr30": {"instrument": {"beam_major": 2.0, "snr": 30.0},
+                                 "parameters": through(0.55, 0.99),
+                                 "typicality_warning_rate": 0.125},
+    }  # fmt: skip
+    return written
+
+
+def test_report_shows_the_instrument_grid_and_the_observed_instrument(tmp_path):
+    written = _instrumented(make_run(tmp_path))
+    _write(tmp_path / LAYOUT["estimate"], written["estimate"])
+    _write(tmp_path / LAYOUT["calibration"], written["calibration"])
+    text = render_report(tmp_path)
+    values = report_values(text)
+    assert 'id="instrument-table"' in text and 'id="observation-intake"' in text
+    clean, noisy = "instruments.beam0.0x0.0pa0-snrinf", "instruments.beam2.0x2.0pa0-snr30"
+    assert values[f"{clean}.mass.coverage_68"] == (0.70, "70.0")
+    assert values[f"{noisy}.age.coverage_95"] == (0.99, "99.0")
+    assert values[f"{noisy}.age.r2"] == (0.5, "0.50")
+    assert values[f"{clean}.snr"] == (None, "∞")
+    assert values[f"{noisy}.typicality_warning_rate"] == (0.125, "12.5")
+    marked = re.findall(r'data-field="([^"]+)" data-value="[^"]*" class="off"', text)
+    assert sorted(marked) == sorted(f"{noisy}.{n}.coverage_{lv}" for n in NAMES for lv in (68, 95))
+    assert values["calibrated_for.beam_major"] == (2.0, "2")
+    assert values["calibrated_for.snr"] == (30.0, "30")
+    assert values["typicality.p_value"] == (0.004, "0.004")
+    assert values["observation.pixel_scale_au"] == (15.625, "15.62")
+    provenance = dict(re.findall(r'data-provenance="observation\.(\w+)">(\w+)<', text))
+    assert provenance["pixel_scale_au"] == "read" and provenance["beam_arcsec"] == "given"
+    assert provenance["noise"] == "estimated" and provenance["distance_pc"] == "read"
+    assert "0.2 x 0.1 at 30 deg" in text
+    assert "looks like none of the simulations &lt;b&gt;" in text  # escaped, never markup
+    assert "distance 140 pc read from the header" in text
+
+
+def test_report_without_instruments_says_clean_simulations(tmp_path):
+    make_run(tmp_path)
+    text = render_report(tmp_path)
+    assert 'id="instrument-table"' not in text
+    assert "clean simulations" in text and "no intake" in text
+
+
+def test_outside_band():
+    from twinsight.report import outside_band
+
+    assert not outside_band(0.68, "coverage_68") and outside_band(0.59, "coverage_68")
+    assert outside_band(0.77, "coverage_68") and not outside_band(0.95, "coverage_95")
+    assert outside_band(0.985, "coverage_95") and not outside_band(None, "coverage_95")
+    assert not outside_band(float("nan"), "coverage_68")

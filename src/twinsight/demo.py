@@ -8,9 +8,13 @@ special path), as :class:`~twinsight.pipeline.Stage` objects run by
 1. ``simulate``    a seeded set of protostellar systems, written packed (.h5)
 2. ``train``       a model with parameter targets (train/val split by system)
 3. ``index``       a similarity index over the training + validation systems
-4. ``observe``     one held-out system rendered as a FITS observation (beam, noise)
-5. ``match``       best matches and the parameter estimate of that observation
-6. ``calibrate``   the estimate on every held-out test system: R², coverage
+4. ``observe``     one held-out system rendered as a FITS observation: a celestial WCS at
+                   140 pc, the beam in BMAJ/BMIN/BPA, noise
+5. ``match``       the observation matched as an archive file would be: the intake derives
+                   its pixel scale, beam and noise from the header and brings it onto the
+                   library's grid; the estimate is calibrated for that instrument
+6. ``calibrate``   the estimate on every held-out test system: R², coverage, clean and
+                   through each instrument of a grid (beam x SNR)
 7. ``report``      the self-contained ``report.html``
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ import numpy as np
 from twinsight import api
 from twinsight.errors import TwinsightError
 from twinsight.fsutil import write_text_atomic
+from twinsight.index import FILES as INDEX_FILES
+from twinsight.instrument import Instrument, instrument_grid
 from twinsight.io import dumps
 from twinsight.pipeline import EventHook, Stage, StageResult, run_stages
 from twinsight.report import LAYOUT, build_report, read_json
@@ -56,11 +63,27 @@ class DemoSettings:
     snr: float
     n_shown: int
     augment: str = "none"
+    #: The instrument grid the calibrate stage measures coverage through: beams (FWHM,
+    #: library pixels) x peak SNRs (``inf``: no added noise).
+    grid_beams: tuple[float, ...] = (0.0, 2.0)
+    grid_snrs: tuple[float, ...] = (30.0, math.inf)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (an infinite SNR as ``"inf"``, so the JSON stays strict)."""
         from dataclasses import asdict
 
-        return asdict(self)
+        out = asdict(self)
+        out["grid_beams"] = [float(b) for b in self.grid_beams]
+        out["grid_snrs"] = [_snr_json(v) for v in self.grid_snrs]
+        return out
+
+    def instruments(self) -> list[Instrument]:
+        """The calibrate stage's instrument grid (every beam with every SNR)."""
+        return instrument_grid(self.grid_beams, self.grid_snrs)
+
+
+def _snr_json(value: float) -> float | str:
+    return "inf" if math.isinf(value) else float(value)
 
 
 #: The full demo: 1,000 systems (enough for the calibration target), 8 views at 64 x 64.
@@ -80,9 +103,12 @@ FULL = DemoSettings(
     beam_fwhm=2.0,
     snr=30.0,
     n_shown=11,
+    grid_beams=(0.0, 1.0, 2.0, 3.0),
+    grid_snrs=(10.0, 30.0, 100.0, math.inf),
 )
 
-#: The quick demo (well under 90 s on two cores): a small set, small images, few epochs.
+#: The quick demo (well under 90 s on two cores): a small set, small images, few epochs, and
+#: a 2 x 2 instrument grid.
 QUICK = DemoSettings(
     n_systems=150,
     n_projections=4,
@@ -99,6 +125,8 @@ QUICK = DemoSettings(
     beam_fwhm=1.5,
     snr=30.0,
     n_shown=11,
+    grid_beams=(0.0, 2.0),
+    grid_snrs=(30.0, math.inf),
 )
 
 #: Paths inside a demo folder (the report's inputs are in :data:`twinsight.report.LAYOUT`).
@@ -107,6 +135,9 @@ TRAIN_DIR = "train"
 INDEX_DIR = "index"
 OBSERVATION_FITS = "observation/observation.fits"
 FIGURES_DIR = "figures"
+#: The observed system's distance (pc): it sets the FITS file's WCS in degrees, and the match
+#: stage gives it as a user would, so the intake turns the WCS into AU per pixel.
+DISTANCE_PC = 140.0
 
 
 def _simulate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
@@ -159,7 +190,12 @@ def _train(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
 
 
 def _index(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
-    """Stage 3: ``twinsight index`` over the training and validation systems (never test)."""
+    """Stage 3: ``twinsight index`` over the training and validation systems (never test).
+
+    Its outputs are the index's own files: the per-instrument calibrations that matching
+    caches in the same folder (``calibrations/``) are not part of them, so a re-run does
+    not take the cache for a changed index.
+    """
     sims = api.open_collection(run_dir / DATA_FILE)
     pool = sims.subset(np.isin(sims.items["split"].astype(str).to_numpy(), ["train", "val"]))
     index = api.build_index(run_dir / TRAIN_DIR / "model", pool, progress=True)
@@ -176,7 +212,12 @@ def observed_system(items: Any, seed: int) -> str:
 
 
 def _observe(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
-    """Stage 4: ``twinsight observe`` of one held-out system (beam, noise, new viewing angle)."""
+    """Stage 4: ``twinsight observe`` of one held-out system (beam, noise, new viewing angle).
+
+    The FITS file is what an archive would give: a celestial WCS at :data:`DISTANCE_PC`,
+    the beam in BMAJ/BMIN/BPA, the noise. Its ``TRUE_`` keys only let the report show the
+    truth; matching never reads them.
+    """
     from twinsight.data.schema import SIMULATOR_PARAMETERS
 
     items = api.open_collection(run_dir / DATA_FILE).items
@@ -190,6 +231,7 @@ def _observe(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
         size=s.size,
         snr=s.snr,
         beam_fwhm=s.beam_fwhm,
+        distance=DISTANCE_PC,
         overwrite=True,
     )
     record = {
@@ -203,24 +245,46 @@ def _observe(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
 
 
 def _match(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
-    """Stage 5: ``twinsight match`` of the observation: best matches, parameter estimate."""
+    """Stage 5: ``twinsight match OBS --distance 140``: best matches, parameter estimate.
+
+    The observation is matched as a user would match an archive file: the intake reads its
+    pixel scale (WCS and the distance), beam and noise from the header, brings it onto the
+    library's grid, and the estimate is calibrated for the instrument it finds. The matches
+    shown are those of the same regridded image.
+    """
     index = api.load_index(run_dir / INDEX_DIR)
+    model = run_dir / TRAIN_DIR / "model"
     observation = str(run_dir / OBSERVATION_FITS)
-    estimate = api.match(index, observation, model=run_dir / TRAIN_DIR / "model")
+    estimate = api.match(index, observation, model=model, distance=DISTANCE_PC)
     estimate.query = OBSERVATION_FITS
+    if estimate.observation is not None:
+        estimate.observation["source"] = OBSERVATION_FITS  # relative: the same in every folder
     write_text_atomic(
         run_dir / LAYOUT["estimate"], dumps(estimate.to_dict(with_values=True)) + "\n"
     )
-    shown = api.search(index, observation, s.n_shown, model=run_dir / TRAIN_DIR / "model")
+    shown = api.search(index, observation, s.n_shown, model=model, distance=DISTANCE_PC)
     shown.plot(run_dir / LAYOUT["fig_matches"], query_names=["observation"], caption="system")
     estimate.plot(run_dir / LAYOUT["fig_parameters"])
-    return {"n_matches": estimate.n_matches, "calibrated": estimate.calibrated}
+    return {
+        "n_matches": estimate.n_matches,
+        "calibrated": estimate.calibrated,
+        "calibrated_for": (estimate.instrument or {}).get("key"),
+    }
 
 
 def _calibrate(run_dir: Path, s: DemoSettings, seed: int) -> dict[str, Any]:
-    """Stage 6: ``twinsight evaluate`` on the held-out test systems: R², coverage, pairs."""
+    """Stage 6: ``twinsight evaluate`` on the held-out test systems: R², coverage, pairs,
+    clean and through each instrument of the settings' grid (under ``instruments``).
+
+    The summary keeps the clean coverage figures; the report shows the grid.
+    """
     result = api.evaluate(
-        run_dir / TRAIN_DIR / "model", run_dir / DATA_FILE, split="test", seed=seed, progress=True
+        run_dir / TRAIN_DIR / "model",
+        run_dir / DATA_FILE,
+        split="test",
+        seed=seed,
+        progress=True,
+        instruments=s.instruments(),
     )
     data = result.to_dict()
     params = data.get("parameters") or {}
@@ -285,7 +349,12 @@ def demo_stages(settings: DemoSettings, seed: int) -> list[Stage]:
             ("simulate",),
         ),
         stage(
-            "index", "indexing the training systems", [INDEX_DIR], _index, [], ("simulate", "train")
+            "index",
+            "indexing the training systems",
+            [f"{INDEX_DIR}/{name}" for name in INDEX_FILES],
+            _index,
+            [],
+            ("simulate", "train"),
         ),
         stage(
             "observe",
@@ -313,7 +382,7 @@ def demo_stages(settings: DemoSettings, seed: int) -> list[Stage]:
                 LAYOUT["fig_pairs"],
             ],
             _calibrate,
-            [],
+            ["grid_beams", "grid_snrs"],
             ("simulate", "train"),
         ),
         stage(

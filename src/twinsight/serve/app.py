@@ -3,7 +3,13 @@
 Every answer of the JSON API is the result's ``to_dict()``, i.e. the CLI's ``--json``
 of the same command (with the query named after the uploaded file or the key, and
 non-finite numbers as ``null``). Errors are one line, ``{"error": "..."}``, with a 4xx
-status; a stack trace never reaches the client.
+status; a stack trace never reaches the client, nor the server's temporary file names.
+
+An uploaded FITS file with a celestial WCS is an observation: ``/api/search`` and
+``/api/match`` bring it onto the library's grid through the intake
+(:func:`twinsight.intake.read_observation`) as ``twinsight match`` does, with the same
+optional fields (``distance`` pc, ``pixel_scale`` AU/px, ``beam``, ``noise``); ``/api/match``
+also takes ``instrument`` (``beam=2,snr=30``) to calibrate for.
 """
 
 from __future__ import annotations
@@ -25,13 +31,20 @@ from twinsight import __version__, api
 from twinsight.errors import TwinsightError
 from twinsight.serve.limits import BodyLimit, Busy, JobPool, TokenGuard, TooSlow
 from twinsight.serve.service import Service, UnknownKey, jsonable, to_png
-from twinsight.serve.uploads import Upload, UploadTooLarge, stored
+from twinsight.serve.uploads import Upload, UploadTooLarge, named_errors, stored
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_K = 10_000
 ImageFile = Annotated[UploadFile | None, File(description="PNG, JPEG, TIFF or FITS image")]
 Key = Annotated[str | None, Form(max_length=1000, description="key of an indexed item")]
+Distance = Annotated[float | None, Form(description="distance of the observed source, pc")]
+PixelScale = Annotated[float | None, Form(description="pixel scale of the upload, AU per pixel")]
+BeamText = Annotated[str | None, Form(max_length=100, description="beam FWHM, e.g. 0.1arcsec")]
+Noise = Annotated[float | None, Form(description="noise sigma of the upload, in its units")]
+InstrumentText = Annotated[
+    str | None, Form(max_length=200, description="instrument to calibrate for, e.g. beam=2,snr=30")
+]
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -144,15 +157,33 @@ def _query(service: Service, paths: dict[str, Path], field: str, key: str | None
     return str(paths[field]) if field in paths else service.item_image(key or "")
 
 
+def intake_options(
+    distance: float | None, pixel_scale: float | None, beam: str | None, noise: float | None
+) -> dict[str, Any]:
+    """The intake's optional fields as façade keywords (an empty field is not given)."""
+    return {"distance": distance, "pixel_scale": pixel_scale, "beam": beam or None,
+            "noise": noise}  # fmt: skip
+
+
 # -- the jobs the worker threads run (façade calls inside a temporary folder) -------------------
 def search_job(
-    service: Service, upload: Upload | None, key: str | None, k: int, max_pixels: int
+    service: Service,
+    upload: Upload | None,
+    key: str | None,
+    k: int,
+    max_pixels: int,
+    intake: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``twinsight search --json`` for one uploaded image or indexed item."""
+    """``twinsight search --json`` for one uploaded image or indexed item (an observation
+    brought onto the library's grid with the ``intake`` options first)."""
     uploads = {"image": upload} if upload else {}
-    with stored(uploads, max_pixels) as paths:
+    with stored(uploads, max_pixels) as paths, named_errors(paths, uploads):
         result = api.search(
-            service.index, _query(service, paths, "image", key), k, model=service.bundle
+            service.index,
+            _query(service, paths, "image", key),
+            k,
+            model=service.bundle,
+            **(intake or {}),
         )
     result.query_names = [upload.display_name if upload else str(key)]
     return result.to_dict()
@@ -165,15 +196,19 @@ def match_job(
     options: dict[str, Any],
     max_pixels: int,
 ) -> dict[str, Any]:
-    """``twinsight match --json`` for one uploaded image or indexed item."""
+    """``twinsight match --json`` for one uploaded image or indexed item: with it what the
+    estimate was calibrated for, what the intake read from the file, its typicality and
+    warnings (:meth:`~twinsight.inference.ParameterEstimate.to_dict`)."""
     uploads = {"image": upload} if upload else {}
-    with stored(uploads, max_pixels) as paths:
+    with stored(uploads, max_pixels) as paths, named_errors(paths, uploads):
         estimate = api.match(
             service.index, _query(service, paths, "image", key), model=service.bundle, **options
         )
     if isinstance(estimate, list):
         raise TwinsightError(f"match takes one image; the upload holds {len(estimate)}")
     estimate.query = upload.display_name if upload else str(key)
+    if upload and estimate.observation is not None:
+        estimate.observation["source"] = upload.display_name  # never the temporary file
     return estimate.to_dict()
 
 
@@ -182,7 +217,7 @@ def compare_job(
 ) -> dict[str, Any]:
     """``twinsight compare --json`` for two images, each uploaded or an indexed item."""
     uploads = {name: up for name, (up, _) in sides.items() if up is not None}
-    with stored(uploads, max_pixels) as paths:
+    with stored(uploads, max_pixels) as paths, named_errors(paths, uploads):
         a, b = (_query(service, paths, name, key) for name, (_, key) in sides.items())
         result = api.compare(service.bundle, a, b)
     return result.to_dict()
@@ -231,11 +266,19 @@ def _add_routes(app: FastAPI, service: Service, pool: JobPool, max_pixels: int) 
         image: ImageFile = None,
         key: Key = None,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+        distance: Distance = None,
+        pixel_scale: PixelScale = None,
+        beam: BeamText = None,
+        noise: Noise = None,
     ) -> JSONResponse:
-        """The k most similar indexed items of an uploaded image, or of an indexed item."""
+        """The k most similar indexed items of an uploaded image, or of an indexed item.
+
+        An observation (FITS with a celestial WCS) is brought onto the library's grid first.
+        """
         upload = await _read(image)
         _one_source(upload, key, "image")
-        result = await pool.run(search_job, service, upload, key, k, max_pixels)
+        intake = intake_options(distance, pixel_scale, beam, noise)
+        result = await pool.run(search_job, service, upload, key, k, max_pixels, intake)
         return JSONResponse(jsonable(result))
 
     @app.post("/api/match")
@@ -248,11 +291,23 @@ def _add_routes(app: FastAPI, service: Service, pool: JobPool, max_pixels: int) 
         temperature: Annotated[float | None, Form(gt=0, le=1e6)] = None,
         exclude_system: Annotated[list[str] | None, Form()] = None,
         param: Annotated[list[str] | None, Form()] = None,
+        distance: Distance = None,
+        pixel_scale: PixelScale = None,
+        beam: BeamText = None,
+        noise: Noise = None,
+        instrument: InstrumentText = None,
     ) -> JSONResponse:
-        """Best-match parameter estimate of an uploaded observation, or of an indexed item."""
+        """Best-match parameter estimate of an uploaded observation, or of an indexed item.
+
+        An observation goes through the intake, and its intervals are calibrated for the
+        instrument it was seen through (or ``instrument``); the answer says which
+        (``calibrated_for``), what was read from the file (``observation``), how typical it
+        is (``typicality``) and any ``warnings``.
+        """
         upload = await _read(image)
         _one_source(upload, key, "image")
-        options = {
+        options = intake_options(distance, pixel_scale, beam, noise) | {
+            "instrument": instrument or None,
             "top": top,
             "threshold": threshold,
             "weighting": weighting,

@@ -124,3 +124,18 @@ def stored(uploads: dict[str, Upload], max_pixels: int) -> Iterator[dict[str, Pa
         yield paths
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def named_errors(paths: dict[str, Path], uploads: dict[str, Upload]) -> Iterator[None]:
+    """Errors raised about a stored upload name it as the client did, never by its
+    temporary path (which says nothing to the client and something about the server)."""
+    try:
+        yield
+    except TwinsightError as exc:
+        message = str(exc)
+        for name, path in paths.items():
+            message = message.replace(str(path), uploads[name].display_name)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None

@@ -65,12 +65,23 @@ function intOrNull(input) {
   return Number.isFinite(v) && v >= 1 ? v : null;
 }
 
+// The observation's settings, sent as typed: the server says in one line what is wrong.
+function appendIntake(form, withInstrument) {
+  const distance = $("distance").value.trim();
+  if (distance) form.append("distance", distance);
+  const instrument = $("instrument").value.trim();
+  if (withInstrument && instrument) form.append("instrument", instrument);
+}
+
 // -- the URL holds the query and the settings, so that a search of an indexed item can be shared --
 function updateUrl(key) {
   const next = new URLSearchParams();
   if (key) next.set("key", key);
   next.set("k", $("k").value);
   if (intOrNull($("top"))) next.set("top", $("top").value);
+  for (const name of ["distance", "instrument"]) {
+    if ($(name).value.trim()) next.set(name, $(name).value.trim());
+  }
   if (token) next.set("token", token);
   history.replaceState(null, "", `${location.pathname}?${next}`);
 }
@@ -120,10 +131,12 @@ async function runQuery(query) {
   try {
     const searchForm = queryForm(query);
     searchForm.append("k", $("k").value || "12");
+    appendIntake(searchForm, false);
     const jobs = [api("/api/search", searchForm).then(renderResults)];
     if (health && health.param_columns.length) {
       const matchForm = queryForm(query);
       if (intOrNull($("top"))) matchForm.append("top", $("top").value);
+      appendIntake(matchForm, true);
       jobs.push(api("/api/match", matchForm).then(renderEstimate));
     }
     await Promise.all(jobs);
@@ -199,7 +212,48 @@ function renderEstimate(estimate) {
   const cal = estimate.calibrated ? "calibrated" : "not calibrated";
   $("estimate-info").textContent =
     `${estimate.n_matches} best matches, ${estimate.weighting} weights, intervals ${cal}.`;
+  renderInstrument(estimate);
   $("estimate-section").hidden = false;
+}
+
+// -- what the estimate is calibrated for, what was read from the file, typicality, warnings ------
+function describeInstrument(inst) {
+  if (!inst || typeof inst !== "object") return String(inst || "clean simulations");
+  const round = Math.abs(inst.beam_major - inst.beam_minor) < 0.05;
+  const beam = round ? `${fmt(inst.beam_major)} px` :
+    `${fmt(inst.beam_major)} x ${fmt(inst.beam_minor)} px at ${fmt(inst.beam_pa)} deg`;
+  const snr = inst.snr === null ? "SNR ∞ (the simulations' own noise)" : `SNR ${fmt(inst.snr)}`;
+  return `beam ${beam}, ${snr} (${inst.key})`;
+}
+
+function readFromFile(observation) {
+  const o = observation.original || {};
+  const from = (observation.instrument || {}).provenance || {};
+  const beam = o.beam_arcsec ? `${fmt(o.beam_arcsec[0])} x ${fmt(o.beam_arcsec[1])} arcsec` : "none";
+  return [
+    `distance ${fmt(o.distance_pc)} pc (${o.distance_from || "–"})`,
+    `pixel scale ${fmt(o.pixel_scale_au)} AU/px (${from.pixel_scale || "–"})`,
+    `beam ${beam} (${from.beam || "–"})`,
+    `noise ${fmt(o.noise)}${o.bunit ? " " + o.bunit : ""} (${from.noise || "–"})`,
+  ].join(" · ");
+}
+
+function renderInstrument(estimate) {
+  const facts = [["calibrated for", "instrument", describeInstrument(estimate.calibrated_for)]];
+  if (estimate.observation) {
+    facts.push(["read from the file", "observation", readFromFile(estimate.observation)]);
+  }
+  const t = estimate.typicality;
+  if (t) {
+    facts.push(["typicality", "p-value", `p = ${fmt(t.p_value)} (best-match similarity ` +
+      `${fmt(t.best_similarity)}; ${t.atypical ? "atypical" : "typical"} of the simulations seen alike)`]);
+  }
+  $("calibrated-for").replaceChildren(...facts.flatMap(([term, field, text]) =>
+    [el("dt", {}, term), el("dd", { "data-field": field }, text)]));
+  $("calibrated-for").hidden = false;
+  const warnings = estimate.warnings || [];
+  $("warnings").replaceChildren(...warnings.map((w) => el("li", {}, w)));
+  $("warnings").hidden = !warnings.length;
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -297,6 +351,9 @@ function wireDrop() {
 async function start() {
   if (params.get("k")) $("k").value = params.get("k");
   if (params.get("top")) $("top").value = params.get("top");
+  for (const name of ["distance", "instrument"]) {
+    if (params.get(name)) $(name).value = params.get(name);
+  }
   wireDrop();
   $("results").addEventListener("keydown", onGridKey);
   $("query-form").addEventListener("submit", (e) => { e.preventDefault(); if (current) runQuery(current); });
@@ -312,6 +369,7 @@ async function start() {
     (health.labels ? "labels" : "no labels");
   $("index-info").textContent = `${health.items} indexed images · ${what} · model ${health.model_fingerprint.slice(0, 12)}`;
   $("top-label").hidden = !health.param_columns.length;
+  $("instrument-label").hidden = !health.param_columns.length;
   document.body.dataset.ready = "true";
   if (params.get("key")) runQuery({ key: params.get("key") });
 }
