@@ -408,7 +408,7 @@ def test_every_demo_setting_enters_a_stage_fingerprint():
     base = {s.name: input_fingerprint(s, upstream) for s in demo_stages(QUICK, 0)}
     for f in fields(QUICK):
         value = getattr(QUICK, f.name)
-        changed = {"none": "telescope"}.get(value, value) if isinstance(value, str) else value * 2
+        changed = {"auto": "none"}.get(value, value) if isinstance(value, str) else value * 2
         if isinstance(value, str) and changed == value:
             changed = value + "-other"
         other = {s.name: input_fingerprint(s, upstream) for s in demo_stages(
@@ -426,4 +426,4 @@ def test_train_stage_fingerprint_covers_augment():
         stage = {s.name: s for s in demo_stages(settings, 0)}["train"]
         return input_fingerprint(stage, {"simulate": "x"})
 
-    assert train_fp(QUICK) != train_fp(replace(QUICK, augment="telescope"))
+    assert train_fp(QUICK) != train_fp(replace(QUICK, augment="none"))

@@ -201,11 +201,6 @@ def test_bad_observation_options_are_one_line(sky_client, sky):
     assert "twinsight-upload" not in r.text and "Traceback" not in r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api._observed_queries asks for the library's pixel scale before it knows whether a "
-    "path query is an observation, so a library that records none cannot search a PNG",
-)
 def test_a_library_without_a_pixel_scale_still_searches_and_compares_pngs(world, tmp_path):
     bare = twinsight.build_index(world["run_bare"], world["data"])
     assert twinsight.search(bare, str(world["png"]), 3).to_dict()["results"]

@@ -415,6 +415,9 @@ def _observed_queries(
     from twinsight.inference import load_queries, queries_from_arrays
     from twinsight.intake import needs_intake, observation_from_array, read_observation
 
+    if paths is not None and not any(wants or needs_intake(p) for p in paths):
+        queries = load_queries(paths, bundle.preprocessing)
+        return queries, [None] * len(queries.items)
     grid = _library_grid(index, bundle)
     if paths is None:
         array = np.asarray(images, dtype=np.float32)
@@ -426,9 +429,6 @@ def _observed_queries(
         ]
         queries = queries_from_arrays(np.stack([o.image for o in obs]), bundle.preprocessing)
         return queries, obs
-    if not any(wants or needs_intake(p) for p in paths):
-        queries = load_queries(paths, bundle.preprocessing)
-        return queries, [None] * len(queries.items)
     obs, items = [], []
     for path in paths:
         if not (wants or needs_intake(path)):

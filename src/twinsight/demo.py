@@ -62,7 +62,7 @@ class DemoSettings:
     beam_fwhm: float
     snr: float
     n_shown: int
-    augment: str = "none"
+    augment: str = "auto"  # parameters: the instrument augmentation
     #: The instrument grid the calibrate stage measures coverage through: beams (FWHM,
     #: library pixels) x peak SNRs (``inf``: no added noise).
     grid_beams: tuple[float, ...] = (0.0, 2.0)
