@@ -85,12 +85,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=10_000, help="first observation seed")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--markdown", help="write the grid as a Markdown table here")
+    ap.add_argument("--beams", type=float, nargs="+", default=list(BEAMS))
+    ap.add_argument("--snrs", type=float, nargs="+", default=list(SNRS), help="inf: none")
     args = ap.parse_args()
     index = twinsight.load_index(args.index)
     seeds = list(range(args.seed, args.seed + args.systems))
     cells, seconds = {}, {}
-    for beam in BEAMS:
-        for snr in SNRS:
+    for beam in args.beams:
+        for snr in args.snrs:
             key = f"{beam:g} px / {'none' if math.isinf(snr) else f'{snr:g}'}"
             images, truths = render(seeds, beam, snr, args.size)
             start = time.perf_counter()

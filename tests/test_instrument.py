@@ -266,3 +266,21 @@ def test_a_fits_file_with_a_distance_but_no_wcs_is_refused_clearly(library, run_
     assert result.exit_code == 2
     assert "bare.fits" in result.stderr and "--pixel-scale" in result.stderr
     assert not (library["idx"] / "calibrations" / "bare").exists()
+
+
+def test_reembed_matches_against_the_library_seen_through_the_instrument(library, monkeypatch):
+    index = twinsight.load_index(library["idx"])
+    images = _observations(4, beam=2.0, snr=20.0)
+    est = twinsight.match(index, images, instrument="beam=2,snr=20", reembed=True)
+    folder = library["idx"] / "instrumented"
+    cached = list(folder.glob("*/beam2.0x2.0pa0-snr20/index.json"))
+    assert len(cached) == 1 and est[0].instrument["key"] == "beam2.0x2.0pa0-snr20"
+    plain = twinsight.match(index, images, instrument="beam=2,snr=20")
+    assert [e.keys for e in est] != [e.keys for e in plain]  # other library vectors
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("the cached re-embedded library should have been used")
+
+    monkeypatch.setattr("twinsight.inference.instrumented.degrade", no_embedding)
+    again = twinsight.match(index, images, instrument="beam=2,snr=20", reembed=True)
+    assert [e.keys for e in again] == [e.keys for e in est]

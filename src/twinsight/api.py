@@ -339,6 +339,7 @@ def match(
     pixel_scale: float | None = None,
     beam: str | float | None = None,
     noise: float | None = None,
+    reembed: bool = False,
 ) -> ParameterEstimate | list[ParameterEstimate]:
     """Best-match parameter estimates of observed images against an index of simulations.
 
@@ -351,9 +352,12 @@ def match(
     and noise (header, ``noise``, or estimated) are derived, and it is centred and resampled
     onto the library's grid. The intervals are then calibrated for that instrument
     (``instrument`` overrides it, e.g. ``"beam=2,snr=30"``), and each estimate reports its
-    typicality. The number of matches, the weighting and the interval inflation are the
-    calibrated ones unless ``top`` / ``threshold`` / ``weighting`` / ``temperature`` are
-    given. ``exclude_systems`` leaves systems out of the matches.
+    typicality. ``reembed`` matches against the library seen through that instrument too
+    (embedded again, cached per instrument: better recovery, about 25 s per new
+    instrument for 8,000 images on two cores). The number of matches, the weighting and
+    the interval inflation are the calibrated ones unless ``top`` / ``threshold`` /
+    ``weighting`` / ``temperature`` are given. ``exclude_systems`` leaves systems out of
+    the matches.
     """
     from twinsight.inference import embed_queries
 
@@ -379,7 +383,7 @@ def match(
         index, bundle, embed_queries(bundle, queries), queries, instruments, observations,
         columns=columns, excluded=excluded[0] if len(excluded) == 1 else None,
         settings={"top": top, "threshold": threshold, "weighting": weighting,
-                  "temperature": temperature},
+                  "temperature": temperature}, reembed=reembed,
     )  # fmt: skip
     single = isinstance(images, (str, os.PathLike)) or (
         isinstance(images, np.ndarray) and images.ndim < 4
@@ -487,8 +491,10 @@ def _estimates_by_instrument(
     columns: list[str],
     excluded: str | None,
     settings: dict[str, Any],
+    reembed: bool = False,
 ) -> list[ParameterEstimate]:
-    """Estimates of each query, calibrated for its instrument (one calibration per instrument)."""
+    """Estimates of each query, calibrated for its instrument (one calibration per instrument);
+    with ``reembed``, against the library seen through it."""
     from twinsight.inference import estimate_parameters, query_truths
 
     truths = query_truths(queries, columns)
@@ -498,9 +504,14 @@ def _estimates_by_instrument(
     out: list[ParameterEstimate | None] = [None] * len(instruments)
     for rows in groups.values():
         inst = instruments[rows[0]]
-        matching, calibrated_for, warnings = _calibration_for(index, bundle, inst)
+        library = index
+        if reembed and inst is not None:
+            from twinsight.inference.instrumented import library_through
+
+            library = library_through(bundle, index, inst)
+        matching, calibrated_for, warnings = _calibration_for(library, bundle, inst)
         estimates = estimate_parameters(
-            index, embeddings[rows], exclude_systems=excluded, columns=columns,
+            library, embeddings[rows], exclude_systems=excluded, columns=columns,
             matching=matching, truths=truths[rows], query_names=[queries.names[q] for q in rows],
             **settings,
         )  # fmt: skip

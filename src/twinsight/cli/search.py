@@ -225,6 +225,9 @@ def match_cmd(
     instrument: str | None = typer.Option(
         None, help="Calibrate for this instrument on the library grid, e.g. beam=2,snr=30."
     ),
+    reembed: bool = typer.Option(
+        False, help="Also see the library through the instrument (slower once, then cached)."
+    ),
     plot: str | None = typer.Option(None, help="Write the per-parameter histogram figure (PNG)."),
     overwrite: bool = typer.Option(False, help="Replace an existing --plot file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
@@ -246,6 +249,7 @@ def match_cmd(
         index, [image], model=model, top=top, threshold=threshold, weighting=weighting,
         temperature=temperature, exclude_systems=exclude_system or None, params=param or None,
         instrument=instrument, distance=distance, pixel_scale=pixel_scale, beam=beam, noise=noise,
+        reembed=reembed,
     )  # fmt: skip
     if len(estimates) != 1:
         raise TwinsightError(f"match takes one image; '{image}' holds {len(estimates)}")
