@@ -65,6 +65,10 @@ CLEAN = "beam=0,snr=100"
 INSTRUMENTS = (CLEAN, "beam=2,snr=30", "beam=3,snr=10")
 #: The prior box: the library's log10 range widened by this share of it on each side.
 PRIOR_MARGIN = 0.05
+#: The largest share of NPE's budget one resumed training call may plan for: a machine that
+#: slows down mid-way costs at most about a chunk; each resumption costs sbi's early stopping
+#: about one epoch of its patience (it counts the last epoch again), so not too many.
+CHUNKS = 0.2
 #: README goals: R^2(twinsight) / R^2(NPE) per parameter, and the 68 % level.
 R2_RATIO_GOAL = 0.9
 LEVEL_68 = 0.68
@@ -222,28 +226,32 @@ def logging_to(folder: Path) -> dict[str, Any]:
     return {"summary_writer": writer}
 
 
-def fit_within(inference: Any, budget: float, settings: dict[str, Any]) -> float:
-    """Train for as many whole epochs as fit in ``budget`` seconds; the seconds it took.
+def fit_within(inference: Any, budget: float, settings: dict[str, Any]) -> list[tuple[int, float]]:
+    """Train for as many whole epochs as fit in ``budget`` seconds of wall time.
 
     Two epochs first (sbi's ``max_num_epochs=1`` runs epochs 0 and 1), then resumed (the
-    same optimizer, split and epoch count) for as many epochs as the measured epoch time
-    leaves room for, until no whole epoch fits or sbi's early stopping ends it.
+    same optimizer, split and epoch count) in chunks of at most :data:`CHUNKS` of the
+    budget, each sized by the last chunk's wall time per epoch, so that a machine that slows
+    down mid-way costs at most a chunk; until no whole epoch fits or sbi's early stopping
+    ends it. Returns (epochs, seconds) of each call.
     """
-    start = time.perf_counter()
+    start, calls = time.perf_counter(), []
     with warnings.catch_warnings():  # the epoch cap is ours: sbi's "not converged" is expected
         warnings.filterwarnings("ignore", message="Maximum number of epochs")
-        inference.train(max_num_epochs=1, **settings)
+        planned = 2
         while True:
-            durations = inference.summary["epoch_durations_sec"]
-            done = len(durations)
-            left = budget - (time.perf_counter() - start)
-            more = int(left // float(np.mean(durations[-3:])))
-            if more < 1:
-                break
-            inference.train(max_num_epochs=done + more - 1, resume_training=True, **settings)
-            if len(inference.summary["epoch_durations_sec"]) < done + more:
+            done = len(inference.summary["epoch_durations_sec"])
+            began = time.perf_counter()
+            inference.train(max_num_epochs=done + planned - 1, resume_training=done > 0, **settings)
+            ran = len(inference.summary["epoch_durations_sec"]) - done
+            calls.append((ran, time.perf_counter() - began))
+            if ran < planned:
                 break  # sbi's early stopping: the validation loss stopped improving
-    return time.perf_counter() - start
+            left, rate = budget - (time.perf_counter() - start), calls[-1][1] / ran
+            if left < rate:
+                break
+            planned = max(1, int(min(left, budget * CHUNKS) // rate))
+    return calls
 
 
 def train_npe(
@@ -275,7 +283,9 @@ def train_npe(
         "learning_rate": args.npe_lr,
         "dataloader_kwargs": {"collate_fn": InstrumentCollate(rng)},
     }
-    seconds = fit_within(inference, budget, settings)
+    start, cpu = time.perf_counter(), time.process_time()
+    calls = fit_within(inference, budget, settings)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     summary = inference.summary
     info = {
         "flow": args.flow,
@@ -283,6 +293,8 @@ def train_npe(
         "epoch_seconds": round(float(np.median(summary["epoch_durations_sec"])), 2),
         "train_seconds": round(seconds, 2),
         "budget_seconds": round(budget, 2),
+        "cpu_seconds": round(cpu, 1),
+        "calls": [[n, round(t, 1)] for n, t in calls],
         "best_validation_loss": float(min(summary["validation_loss"])),
         "batch_size": args.npe_batch,
         "learning_rate": args.npe_lr,
@@ -346,12 +358,16 @@ def twinsight_posteriors(
         if estimates[0].calibrated
         else np.ones(len(columns))
     )
-    intervals = {
-        level: np.log10(
-            [[getattr(e.parameters[c], f"interval_{level}") for c in columns] for e in estimates]
-        )
-        for level in ("68", "95")
-    }
+    with np.errstate(divide="ignore"):  # an interval reaching 0 (natural units): -inf
+        intervals = {
+            level: np.log10(
+                [
+                    [getattr(e.parameters[c], f"interval_{level}") for c in columns]
+                    for e in estimates
+                ]
+            )
+            for level in ("68", "95")
+        }
     samples = inflate_samples(values, median, factors)
     _, lo, hi = neighbour_intervals(samples, weights, (LEVEL_68,))
     return {
@@ -635,25 +651,27 @@ def settings_text(
     args: argparse.Namespace, model: dict[str, Any], npe: dict[str, Any], n_systems: int, size: int
 ) -> str:
     """What was compared, in one paragraph."""
-    source = (
-        "a reused run" if not model["trained_here"] else "trained here, `twinsight.train` defaults"
-    )
-    return (
-        f"Library: {n_systems:,} simulated systems x 8 views at {size} x {size} px. twinsight "
-        f"({source}) trained on {npe['training_images']:,} images of its training systems for "
-        f"{model['train_seconds']:.0f} s (`train_seconds`); it matches each observation with "
-        f"`twinsight.match(..., instrument=...)`, calibrated for the instrument on its "
-        f"validation systems. NPE: sbi {npe['sbi']} `NPE`, {npe['flow'].upper()} (sbi's "
-        f"defaults: 5 transforms, 50 hidden units), embedding net = the twinsight encoder's "
-        f"architecture (no L2 normalization), fresh weights, on the same images min-max scaled, "
-        f"each batch through fresh random instruments of the model's training range; theta = "
-        f"log10 of the 7 parameters, BoxUniform prior over the library's range +{PRIOR_MARGIN:.0%};"
-        f" batch {npe['batch_size']}, lr {npe['learning_rate']:g}; {npe['epochs']} epochs in "
-        f"{npe['train_seconds']:.0f} s (budget {npe['budget_seconds']:.0f} s, sbi's early "
-        f"stopping on). Test: {args.test_systems} new systems (never in the library) per "
-        f"instrument, the same images for both; NPE: {args.samples} draws per observation "
-        f"inside the prior box. Cells: twinsight / NPE, parameters in log10."
-    )
+    source = "trained here, `twinsight.train` defaults" if model["trained_here"] else "a reused run"
+    box = f"{PRIOR_MARGIN:.0%}"
+    sentences = [
+        f"Library: {n_systems:,} simulated systems x 8 views at {size} x {size} px.",
+        f"twinsight ({source}) trained on {npe['training_images']:,} images of its training",
+        f"systems for {model['train_seconds']:.0f} s (`train_seconds`); it matches each",
+        "observation with `twinsight.match(..., instrument=...)`, calibrated for the",
+        "instrument on its validation systems.",
+        f"NPE: sbi {npe['sbi']} `NPE`, {npe['flow'].upper()} (sbi's defaults: 5 transforms, 50",
+        "hidden units), embedding net = the twinsight encoder's architecture (no L2",
+        "normalization), fresh weights, on the same images min-max scaled, each batch through",
+        "fresh random instruments of the model's training range; theta = log10 of the 7",
+        f"parameters, BoxUniform prior over the library's range + {box} each side;",
+        f"batch {npe['batch_size']}, lr {npe['learning_rate']:g}; {npe['epochs']} epochs in",
+        f"{npe['train_seconds']:.0f} s, {npe['cpu_seconds']:.0f} CPU s (budget",
+        f"{npe['budget_seconds']:.0f} s, sbi's early stopping on).",
+        f"Test: {args.test_systems} new systems (never in the library) per instrument, the",
+        f"same images for both; NPE: {args.samples} draws per observation inside the prior",
+        "box. Cells: twinsight / NPE, parameters in log10.",
+    ]
+    return " ".join(sentences)
 
 
 def compare(
@@ -712,9 +730,9 @@ def run(args: argparse.Namespace) -> None:
     """Prepare, train NPE, compare on every instrument, report; no temporary files left."""
     sbi = require_sbi()
     root = Path(tempfile.mkdtemp(prefix="twinsight-bench-npe-"))
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     try:
-        ctx = prepare(args, root)
+        ctx = prepare(args, root) | {"load_start": load_start}
         box = prior_bounds(ctx["prior"])
         budget = args.npe_seconds or ctx["train_seconds"]
         posterior, npe = train_npe(
@@ -744,7 +762,8 @@ def report(
     load = round(os.getloadavg()[0], 2)
     command = " ".join(["python benchmarks/vs_npe.py", *sys.argv[1:]])
     intro = (
-        f"`{command}` ({dt.date.today()}; {machine}; load average {load} at the end; "
+        f"`{command}` ({dt.date.today()}; {machine}; load average {model['load_start']} at "
+        f"the start, {load} at the end; "
         f"{wall / 60:.1f} min in all). twinsight's best-match estimates beside sbi's neural "
         f"posterior estimation, on the same simulations and the same held-out new systems. "
         + settings_text(args, model, npe, n_systems, size)
@@ -769,6 +788,7 @@ def report(
     figures = {
         "machine": machine,
         "load_average": load,
+        "load_average_start": model["load_start"],
         "wall_minutes": round(wall / 60, 2),
         "systems": n_systems,
         "size": size,
