@@ -123,7 +123,7 @@ fresh process against a {figures["library_images"]:,}-image library; median of {
 |---|---|---|
 | new instrument (validation systems degraded, embedded, calibrated) | {med["new"]:.2f} | <= 20 |
 | same instrument again (calibration from the cache) | {med["repeat"]:.2f} | |
-| start-up baseline: match of a library-grid PNG, no intake, no instrument | {med["startup"]:.2f} | |
+| start-up baseline: a library-grid PNG, no intake, no instrument | {med["startup"]:.2f} | |
 | repeat beyond start-up | {med["repeat"] - med["startup"]:.2f} | <= 2 |
 
 The new-instrument match costs {figures["new_vs_startup"]:.1f}x the start-up baseline.
