@@ -123,8 +123,8 @@ def main() -> None:
 
 | | former default | today |
 |---|---|---|
-| training images/s | {old_ips:.0f} (eager, no augmentation) | {new_ips:.0f} (channels_last, instrument aug.) |
-| steps, 1,000 systems x 8 views | {old_steps} (30 epochs x 60) | {new_steps} ({planned_epochs(50)} epochs x 50) |
+| images/s | {old_ips:.0f} (eager, no augmentation) | {new_ips:.0f} (channels_last, instrument) |
+| steps, 1,000 x 8 views | {old_steps} (30 x 60) | {new_steps} ({planned_epochs(50)} x 50) |
 | training time from these rates | {old_min:.1f} min | {new_min:.1f} min |
 
 Per step today is {new_ips / old_ips:.2f}x the former. Validation, checkpoints and the
