@@ -284,3 +284,12 @@ def test_reembed_matches_against_the_library_seen_through_the_instrument(library
     monkeypatch.setattr("twinsight.inference.instrumented.degrade", no_embedding)
     again = twinsight.match(index, images, instrument="beam=2,snr=20", reembed=True)
     assert [e.keys for e in again] == [e.keys for e in est]
+
+
+def test_search_reports_what_the_intake_derived_from_an_observation(library, run_cli, tmp_path):
+    _archive_file(tmp_path / "obs.fits")
+    result = run_cli("search", library["idx"], tmp_path / "obs.fits", "--distance", 140, "--json")
+    assert result.exit_code == 0, result.stderr
+    first = json.loads(result.stdout)["results"][0]
+    assert first["observation"]["instrument"]["provenance"]["pixel_scale"] == "read"
+    assert len(first["matches"]) == 10

@@ -270,7 +270,7 @@ def search(
     k = check_positive_int(k, "k")
     index = _index(index)
     bundle = index_model(index, model)
-    queries, _ = _observed_queries(
+    queries, observations = _observed_queries(
         images, index, bundle, distance=distance, pixel_scale=pixel_scale, beam=beam, noise=noise
     )
     sims, positions = index.search(
@@ -286,6 +286,7 @@ def search(
         model_fingerprint=index.model_fingerprint,
         source=index.meta.get("source"),
         query_images=queries.raw,
+        observations=[None if o is None else o.to_dict() for o in observations],
     )
 
 

@@ -59,6 +59,8 @@ class SearchResult:
     model_fingerprint: str
     source: str | None = None
     query_images: list[np.ndarray] = field(default_factory=list, repr=False)
+    #: Per query, what the intake derived from an observation's file (None: taken as is).
+    observations: list[dict[str, Any] | None] = field(default_factory=list)
 
     @property
     def k(self) -> int:
@@ -95,9 +97,13 @@ class SearchResult:
             "model_fingerprint": self.model_fingerprint,
             "results": [
                 {"query": name, "matches": self.matches(q)}
+                | ({"observation": self.observations[q]} if self._observed(q) else {})
                 for q, name in enumerate(self.query_names)
             ],
         }
+
+    def _observed(self, query: int) -> bool:
+        return query < len(self.observations) and self.observations[query] is not None
 
     def plot(
         self,
