@@ -390,15 +390,18 @@ def instrument_recovery(
         raise TwinsightError(
             "--instrument measures parameter recovery, so DATA needs parameters and systems"
         )
+    from twinsight.index import library_snr as snr_of
+
+    library_snr = snr_of(collection.meta)
     pool = SimilarityIndex.build(
         full, collection.items, model_fingerprint=bundle.fingerprint,
-        param_columns=collection.param_columns,
+        param_columns=collection.param_columns, extra={"library_snr": library_snr},
     )  # fmt: skip
     items = collection.items[mask].reset_index(drop=True)
     clean = collection.images(np.flatnonzero(mask))
     out: dict[str, Any] = {}
     for k, inst in enumerate(instruments):
-        seen = degrade(clean, inst.rounded, seed=seed + 1000 + k)  # not the calibration's noise
+        seen = degrade(clean, inst.rounded, seed=seed + 1000 + k, library_snr=library_snr)
         emb = embed_images(bundle.encoder, seen, bundle.preprocessing, batch_size=batch_size)
         matching = calibrate_for_instrument(bundle, pool, inst, use_cache=False, seed=seed)
         rec = parameter_recovery(pool, emb, items, matching=matching)

@@ -816,12 +816,12 @@ def build_index(
             "shard": None if shard_t is None else list(shard_t),
             "matching": getattr(bundle, "matching", None),
             "pixel_scale_au": _pixel_scale_au(collection.meta),
-            "library_snr": _library_snr(collection.meta),
+            "library_snr": library_snr(collection.meta),
         },
     )
 
 
-def _library_snr(meta: dict[str, Any]) -> float | None:
+def library_snr(meta: dict[str, Any]) -> float | None:
     """The peak SNR of the library's own images (simulated sets: 1 / their noise level)."""
     simulator = meta.get("simulator")
     if not isinstance(simulator, dict):
