@@ -441,9 +441,8 @@ def _observed_queries(
                 f"'{path}' has no celestial WCS while other queries do; match observations "
                 "and library-grid images separately, or give --pixel-scale"
             )
-        o = read_observation(path, **grid, **intake)
-        obs.append(o)
-        items.append(load_queries([path], bundle.preprocessing).items)
+        obs.append(read_observation(path, **grid, **intake))
+        items.append(open_collection(path).items)  # truths and columns; the image is obs'
     import pandas as pd
 
     queries = queries_from_arrays(np.stack([o.image for o in obs]), bundle.preprocessing)
