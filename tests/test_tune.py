@@ -51,9 +51,13 @@ def _study(out: Path, name: str = "twinsight") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
-def test_tiny_study_writes_best_yaml_csv_figures(run_cli, tmp_path, space_file, base_file):
-    """Two 1-epoch trials: best.yaml (taken as is by train --config), trials.csv, figures."""
+def test_tiny_study_writes_best_yaml_csv_figures(run_cli, tmp_path, space_file):
+    """Two 1-epoch trials: best.yaml (taken as is by train --config, with the base config's
+    2 epochs rather than the trials' budget of 1), trials.csv, figures."""
     out = tmp_path / "study"
+    base_file = tmp_path / "base.yaml"
+    base = {**TINY_BASE, "trainer": {**TINY_BASE["trainer"], "epochs": 2}}
+    base_file.write_text(yaml.safe_dump(base))
     res = run_cli(
         "tune", "digits", "--out", out, "--trials", "2", "--epochs", "1", "--space", space_file,
         "--config", base_file, "--pruner", "none", "--seed", "3", "--json",
@@ -69,7 +73,10 @@ def test_tiny_study_writes_best_yaml_csv_figures(run_cli, tmp_path, space_file, 
     assert (out / "intermediate_values.png").is_file()
     assert "params_optim.lr" in (out / "trials.csv").read_text().splitlines()[0]
     best = load_config(out / "best.yaml")
-    assert best.trainer.epochs == 1 and best.encoder.options["channels"] == [8, 16]
+    assert best.trainer.epochs == 2 and best.encoder.options["channels"] == [8, 16]
+    assert "1 epochs per trial" in (out / "best.yaml").read_text().splitlines()[0]
+    trial_runs = sorted((out / "trials").iterdir())
+    assert load_config(trial_runs[0] / "config.yaml").trainer.epochs == 1
     run = run_cli("train", "digits", "--config", out / "best.yaml", "--out", tmp_path / "run")
     assert run.exit_code == 0, run.stderr
     assert (tmp_path / "run" / "model").is_dir()

@@ -749,6 +749,7 @@ def tune(
     if trials is not None and trials < 1:
         raise TwinsightError(f"--trials must be >= 1, got {trials}")
     cfg = resolve_config(config, **overrides)
+    final_epochs = cfg.trainer.epochs  # the full run's, for best.yaml; trials run shorter
     cfg = apply_overrides(cfg, {"trainer.epochs": epochs or cfg.trainer.epochs or
                                 tuning.TRIAL_EPOCHS})  # fmt: skip
     collection = data if isinstance(data, Collection) else open_collection(data)
@@ -783,14 +784,15 @@ def tune(
     objective = tuning.Objective(train, collection, cfg, checked, study_dir / "trials", metric)
     n_trials = trials if trials is not None or timeout is not None else 20
     tuning.run_study(study, objective, n_trials=n_trials, timeout=timeout, progress=progress)
-    return _tune_result(study, study_dir, url, metric, collection, retrain_best, on)
+    outputs = (study, study_dir, url, metric, collection, final_epochs)
+    return _tune_result(*outputs, retrain_best, on)
 
 
-def _tune_result(study, study_dir, url, metric, collection, retrain_best, on):  # noqa: ANN001, ANN202
+def _tune_result(study, study_dir, url, metric, collection, final_epochs, retrain_best, on):  # noqa: ANN001, ANN202
     """Write best.yaml, trials.csv and the figures; retrain the best config when asked."""
     from twinsight import tuning
 
-    best_path, csv = tuning.write_outputs(study, study_dir)
+    best_path, csv = tuning.write_outputs(study, study_dir, final_epochs)
     figures = tuning.write_figures(study, study_dir)
     n = tuning.counts(study)
     best = tuning.best_trial(study)
