@@ -395,3 +395,22 @@ def test_search_parameters_survive_faiss_torch_utils():
     every = idx.search(vectors[:3], 5, nprobe=8)
     assert one[1].shape == every[1].shape == (3, 5)
     np.testing.assert_array_equal(every[1][:, 0], [0, 1, 2])
+
+
+def test_refined_float16_index_is_exact_and_keeps_its_re_ranking_depth(tmp_path):
+    """SQfp16,RFlat: a float16 scan re-scored in float32 gives Flat's neighbours; the
+    re-ranking depth is written into the FAISS file and passed with every call."""
+    from twinsight.index import REFINE_K_FACTOR, faiss_search_parameters
+
+    x, items = _data(2000, 16)
+    q = x[:40] + 0.05 * np.random.default_rng(3).normal(size=(40, 16)).astype(np.float32)
+    idx = SimilarityIndex.build(x, items, model_fingerprint="m", index_type="SQfp16,RFlat")
+    sims, found = idx.search(q, 10)
+    exact_sims, exact = _brute(x, q, 10)
+    np.testing.assert_array_equal(found, exact)
+    np.testing.assert_allclose(sims, exact_sims, atol=1e-5)  # float32 scores, not float16
+    back = SimilarityIndex.load(idx.save(tmp_path / "idx"))
+    assert back.index.k_factor == REFINE_K_FACTOR
+    params = faiss_search_parameters(back.index, SearchParameters())
+    assert params.k_factor == REFINE_K_FACTOR
+    np.testing.assert_array_equal(back.search(q, 10)[1], exact)

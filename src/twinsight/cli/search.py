@@ -57,7 +57,7 @@ def index_cmd(
     shard: str | None = typer.Option(
         None, help="Index shard i/n of DATA only (1-based: 1/4 .. 4/4)."
     ),
-    nprobe: int | None = typer.Option(None, help="IVF lists probed per query (default 16)."),
+    nprobe: int | None = typer.Option(None, help="IVF lists probed per query (default 32)."),
     ef_search: int | None = typer.Option(None, help="HNSW search depth (default 64)."),
     device: str = typer.Option("auto", help="Where the encoder runs: auto, cpu, cuda, cuda:1."),
     devices: int = typer.Option(
