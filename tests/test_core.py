@@ -79,6 +79,50 @@ def test_packed_round_trip_and_random_access(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_packed_scattered_rows_read_by_chunk_slices_equal_the_images(tmp_path):
+    from twinsight.data.packed import CHUNK_IMAGES, chunk_runs
+
+    col = _collection(100)
+    path = write_packed(tmp_path / "p.h5", col.items, [col.images()], col.image_shape)
+    packed, images = read_packed(path), col.images()
+    rng = np.random.default_rng(1)
+    for rows in ([99, 0, 50, 50, 17], rng.integers(0, 100, 40), [3, 97], [15, 16, 47, 48]):
+        np.testing.assert_array_equal(packed.images(rows), images[rows])
+    assert CHUNK_IMAGES == 16
+    assert chunk_runs(np.array([0, 5, 16, 40, 41, 99]), 16, 100) == [(0, 48), (96, 100)]
+
+
+def test_packed_streams_through_forked_workers_as_read_in_process(tmp_path):
+    """Batches read by data-loader workers (the file already open here before the fork,
+    as after validation) equal the same rows read in this process."""
+    from twinsight.training.data import PREFETCH_BATCHES, BatchDataset, _identity
+
+    col = _collection(10)
+    path = write_packed(
+        tmp_path / "p.h5", col.items, [col.images()], col.image_shape, param_columns=["mass"]
+    )
+    packed = read_packed(path)
+    packed.images([0])  # this process holds an open handle when the workers fork
+    prep = Preprocessing(normalize="none", size=(8, 8), channels=1)
+    dataset = BatchDataset(packed, np.arange(10, dtype=np.float32), prep)
+    batches = [[9, 0, 4, 4], [1, 2, 3], [8, 7]]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=_identity, num_workers=2,
+        prefetch_factor=PREFETCH_BATCHES, persistent_workers=True,
+    )  # fmt: skip
+    for _ in range(2):  # a second epoch on the same persistent workers
+        for rows, (x, y) in zip(batches, loader, strict=True):
+            np.testing.assert_array_equal(x.numpy(), preprocess(col.images(rows), prep))
+            assert y.tolist() == rows
+
+
+def test_streaming_workers_default_leaves_a_core_to_training():
+    from twinsight.training.data import streaming_workers
+
+    assert streaming_workers(0) == 0 and streaming_workers(3) == 3
+    assert 1 <= streaming_workers(None) <= 4
+
+
 def test_packed_refuses_existing_output_and_leaves_nothing_on_failure(tmp_path):
     col = _collection(4)
     out = tmp_path / "p.h5"

@@ -168,7 +168,12 @@ class RuntimeConfig(_Section):
     precision: str = Field(
         "auto", description="auto, 32-true, 16-mixed, bf16-mixed; auto: 16-mixed on GPU, 32 on CPU"
     )
-    num_workers: int = Field(0, ge=0, description="data-loader workers for on-disk data")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="data-loader workers for streamed data; default: min(4, CPUs - 1), at "
+        "least 1 (data held in memory needs none)",
+    )
     in_memory_gb: float = Field(2.0, ge=0, description="load the data in memory below this")
     deterministic: bool = Field(True, description="deterministic algorithms where cheap")
     progress: bool = Field(True, description="show progress")

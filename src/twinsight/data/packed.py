@@ -34,7 +34,10 @@ from twinsight.validation import check_positive_int
 
 FORMAT = "twinsight-packed"
 VERSION = 1
-CHUNK_IMAGES = 64
+#: Images per HDF5 chunk: a system's views (8 in the simulator) share one or two chunks,
+#: so a training batch decompresses little beyond what it needs (64: 4x more, 25x slower
+#: batch reads; sequential reads are 10 % slower with 16 than with 64).
+CHUNK_IMAGES = 16
 
 
 class _DiskFullSafeFile(io.RawIOBase):
@@ -246,9 +249,10 @@ class _PackedLoader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: h5py.File | None = None
+        self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_file": None}
+        return {"path": self.path, "_file": None, "_pid": None}
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         try:
@@ -257,19 +261,49 @@ class _PackedLoader:
             raise _bad(self.path, f"its images cannot be read ({exc})") from None
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
-        if self._file is None:
+        if self._file is None or self._pid != os.getpid():
+            # a forked data-loader worker opens its own handle: HDF5 handles do not survive
+            # a fork (the parent may have read the file before, to validate it)
             self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
         ds = self._file["images"]
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros((0, *ds.shape[1:]), dtype=np.float32)
         unique, inverse = np.unique(rows, return_inverse=True)
         if unique[-1] - unique[0] + 1 == len(unique):  # one contiguous slice: fastest
-            block = ds[int(unique[0]) : int(unique[-1]) + 1]
+            block = np.asarray(ds[int(unique[0]) : int(unique[-1]) + 1], dtype=np.float32)
         else:
-            block = ds[unique]
-        out = np.asarray(block, dtype=np.float32)[inverse]
+            block = _read_scattered(ds, unique)
+        out = block[inverse]
         return out[:, None] if out.ndim == 3 else out
+
+
+def chunk_runs(rows: np.ndarray, chunk: int, n: int) -> list[tuple[int, int]]:
+    """The chunk-aligned ``[start, stop)`` row ranges that cover sorted unique ``rows``,
+    adjacent chunks merged: one slice read each."""
+    chunks = rows // chunk
+    breaks = np.flatnonzero(np.diff(chunks) > 1)
+    firsts = chunks[np.r_[0, breaks + 1]]
+    lasts = chunks[np.r_[breaks, len(chunks) - 1]]
+    return [
+        (int(a) * chunk, min(n, (int(b) + 1) * chunk)) for a, b in zip(firsts, lasts, strict=True)
+    ]
+
+
+def _read_scattered(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Sorted unique ``rows`` of ``ds``, read as whole chunks by slices and picked here.
+
+    Why: h5py's list indexing costs about 1 ms per row selected (65 ms for a training
+    batch of 128 rows from 32 chunks, 64 images a chunk), slices of the same chunks 1.5 ms
+    (16 images a chunk); at most ``chunk`` x ``len(rows)`` images are read.
+    """
+    out = np.empty((len(rows), *ds.shape[1:]), dtype=np.float32)
+    chunk = ds.chunks[0] if ds.chunks else len(ds)
+    for start, stop in chunk_runs(rows, chunk, len(ds)):
+        lo, hi = np.searchsorted(rows, [start, stop])
+        out[lo:hi] = ds[start:stop][rows[lo:hi] - start]
+    return out
 
 
 def read_packed(path: str | Path) -> Collection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -244,6 +245,22 @@ def auto_m(groups: np.ndarray, batch: int, smallest: int) -> int:
     return smallest  # the sampler explains what does not fit
 
 
+#: Batches each data-loader worker reads ahead when streaming.
+PREFETCH_BATCHES = 4
+
+
+def streaming_workers(num_workers: int | None) -> int:
+    """Data-loader workers for streamed data: ``num_workers``, or min(4, CPUs - 1), at least 1.
+
+    One core is left to the training step itself; more than 4 workers rarely read faster
+    from one file.
+    """
+    if num_workers is not None:
+        return int(num_workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cpus or 1) - 1))
+
+
 def loaders(prep: Prepared, trainer: pl.Trainer) -> tuple[Any, Any]:
     """Training and validation loaders; images held in memory when they fit the budget."""
     cfg = prep.config
@@ -258,8 +275,8 @@ def loaders(prep: Prepared, trainer: pl.Trainer) -> tuple[Any, Any]:
             chunks = [preprocess(x, prep.preprocessing) for _, x in coll.iter_batches(1024)]
             images = torch.from_numpy(np.concatenate(chunks))
         datasets.append(BatchDataset(coll, y, prep.preprocessing, images))
-    workers = 0 if in_memory else cfg.runtime.num_workers
-    extra = {"persistent_workers": True} if workers else {}
+    workers = 0 if in_memory else streaming_workers(cfg.runtime.num_workers)
+    extra = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES} if workers else {}
     rank, world = trainer.global_rank, trainer.world_size
     batches = build_sampler(cfg, prep.spec, prep.train, rank, world)
     if len(batches) == 0:
