@@ -132,7 +132,7 @@ load average at start {r["load_average"]} (the machine is shared; figures are me
 | `render_system`, all K projections per call | {cpu:,.0f} | {wall:,.0f} |
 | baseline: one projection per call | {base_cpu:,.0f} | {base_wall:,.0f} |
 | speed-up of batching (CPU time) | {r["speedup_vs_baseline"]:.2f}x | |
-| `simulate OUT.h5` end to end (render, gzip, write) | | {r["packed_write_images_per_s"]:,.0f} |
+| `simulate OUT.h5` end to end (render, write) | | {r["packed_write_images_per_s"]:,.0f} |
 
 Target: at least 1,000 images/s at 64x64 on one core.
 """

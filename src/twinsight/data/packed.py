@@ -1,8 +1,8 @@
-"""Packed HDF5: one file, one chunked compressed image dataset, the items table beside it.
+"""Packed HDF5: one file, one chunked image dataset, the items table beside it.
 
 Layout (``format = "twinsight-packed"``, ``version = 1`` as root attributes)::
 
-    /images            float32 [N, H, W] or [N, C, H, W], chunked along N, gzip + shuffle
+    /images            float32 [N, H, W] or [N, C, H, W], chunked along N, uncompressed
     /items/<column>    one 1-D dataset per items-table column (strings as UTF-8)
     attrs: columns (JSON list, table order), param_columns (JSON list), meta (JSON dict)
 
@@ -34,9 +34,12 @@ from twinsight.validation import check_positive_int
 
 FORMAT = "twinsight-packed"
 VERSION = 1
-#: Images per HDF5 chunk: a system's views (8 in the simulator) share one or two chunks,
-#: so a training batch decompresses little beyond what it needs (64: 4x more, 25x slower
-#: batch reads; sequential reads are 10 % slower with 16 than with 64).
+#: Images per HDF5 chunk: a system's views (8 in the simulator) share one or two chunks, so
+#: a training batch reads little beyond what it needs. The chunks are not compressed: on
+#: simulated float32 images gzip-1 with shuffle saved 13 % of the file (0.91 against 1.05 GB)
+#: and made a scattered training batch 17x slower to read (127 against 7.3 ms; LZF 7.7 ms,
+#: 7 % saved): a streaming worker spent a quarter of a 2-core training step decompressing
+#: (BENCHMARKS.md "Streaming"). Any HDF5 reader opens an uncompressed file, no filter needed.
 CHUNK_IMAGES = 16
 
 
@@ -194,9 +197,6 @@ def write_packed(
                 shape=(n, *shape),
                 dtype=np.float32,
                 chunks=(max(1, min(CHUNK_IMAGES, n)), *shape),
-                compression="gzip",
-                compression_opts=1,
-                shuffle=True,
             )
             pos = 0
             for batch in image_batches:
