@@ -101,6 +101,58 @@ def test_the_command_line_picks_agg(tmp_path):
     assert result["backend"].lower() == "agg"
 
 
+_GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+
+# Where glibc's malloc puts a 64 MB block (mallinfo2: bytes in mmap'ed blocks, bytes of heap
+# the process holds) while it lives and after it is freed; `setting` is "none", "library"
+# (reuse_freed_memory called) or "cli" (the command line run first).
+_PLACEMENT = """
+    import ctypes, json
+    import numpy as np
+    setting = {setting!r}
+    applied = None
+    if setting == "library":
+        from twinsight.allocator import reuse_freed_memory
+        applied = reuse_freed_memory()
+    elif setting == "cli":
+        from twinsight.cli import main
+        try:
+            main(["--version"])
+        except SystemExit:
+            pass
+
+    class Info(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Info
+    block = np.ones(64 << 20, dtype=np.uint8)
+    live = libc.mallinfo2()
+    del block
+    freed = libc.mallinfo2()
+    print(json.dumps({{"applied": applied, "mmapped_live": live.hblkhd,
+                       "heap_freed": freed.arena}}))
+"""
+
+
+@pytest.mark.skipif(not _GLIBC, reason="the setting is glibc's malloc's")
+def test_freed_memory_is_kept_once_asked_and_only_then(tmp_path):
+    """A training step's large activations: glibc maps each from the kernel and unmaps it
+    when freed (to be faulted in again at the next step); after reuse_freed_memory (the
+    command line calls it) the block comes from the heap and stays there once freed.
+    Importing twinsight alone leaves the allocator as it was."""
+    block = 64 << 20
+    plain = _python(_PLACEMENT.format(setting="none"), tmp_path)
+    assert plain["mmapped_live"] >= block  # mapped for itself, returned when freed
+    for setting in ("library", "cli"):
+        kept = _python(_PLACEMENT.format(setting=setting), tmp_path)
+        assert kept["mmapped_live"] < block, setting  # from the heap
+        assert kept["heap_freed"] >= block, setting  # still held for the next step
+    assert _python(_PLACEMENT.format(setting="library"), tmp_path)["applied"] is True
+
+
 # -- devices ---------------------------------------------------------------------------------------
 
 

@@ -101,10 +101,16 @@ def _process_settings() -> None:
     try to open a window on a machine without a display. FAISS's global settings are
     not set here: :mod:`twinsight.index` scopes them per search under a lock, because
     the right value depends on the number of queries of each call.
+
+    glibc's malloc keeps freed blocks for reuse (:mod:`twinsight.allocator`): a CPU
+    training step then does not fault its activations back in from the kernel each time.
     """
     import matplotlib
 
+    from twinsight.allocator import reuse_freed_memory
+
     matplotlib.use("Agg")
+    reuse_freed_memory()
 
 
 class Interrupted(BaseException):
