@@ -22,6 +22,7 @@ from twinsight.data.transforms import preprocess
 from twinsight.models.encoders import create_encoder
 from twinsight.training.data import build_sampler
 from twinsight.training.metrics import retrieval_metrics
+from twinsight.training.module import SiameseModule, projection_head
 from twinsight.training.preparation import prepare
 from twinsight.training.splits import split_with_info
 
@@ -163,6 +164,44 @@ def test_three_hundred_images_thirty_classes_learn(tmp_path):
     before = retrieval_metrics(emb.numpy(), prep.val.items["label"].to_numpy())
     after = result.metrics["final"]["val_map_at_r"]
     assert after > before["mean_average_precision_at_r"]
+
+
+# -- a training-only projection head --------------------------------------------------------------
+def test_projection_head_is_chosen_by_target_kind_and_option():
+    assert projection_head(cfg(), "labels", 16)[0].in_features == 16
+    assert projection_head(cfg(), "params", 16) is None
+    assert projection_head(cfg(projection="none"), "labels", 16) is None
+    assert projection_head(cfg(projection="mlp"), "params", 16) is not None
+
+
+def test_the_loss_sees_the_projection_and_it_learns():
+    prep = prepare(cfg(), labelled(6, 4))
+    module = SiameseModule(
+        config=cfg().model_dump(mode="json"), config_hash="x",
+        encoder_config={"name": prep.encoder_name, **prep.encoder_config},
+        targets={"kind": "labels"}, data_fingerprint="y", loss_name="multi-similarity",
+    )  # fmt: skip
+    seen = {}
+    module.loss_fn.register_forward_hook(lambda m, i, o: seen.update(S=i[0]))
+    x, y = torch.rand(8, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    module.pair_loss(x, y).backward()
+    with torch.no_grad():
+        emb = module.encoder(x)
+        projected = torch.nn.functional.normalize(module.projection(emb), dim=1)
+    assert torch.allclose(seen["S"], projected @ projected.T, atol=1e-5)
+    assert not torch.allclose(seen["S"], emb @ emb.T, atol=1e-3)
+    grads = [p.grad for p in module.projection.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_projection_head_stays_out_of_the_saved_model(tmp_path):
+    data = labelled(6, 12)
+    options = dict(epochs=1, min_steps_per_epoch=2, embedding_dim=8, progress=False)
+    with_head = twinsight.train(data, tmp_path / "mlp", **options)
+    without = twinsight.train(data, tmp_path / "none", projection="none", **options)
+    saved = twinsight.load_model(with_head.run).encoder.state_dict()
+    assert saved.keys() == twinsight.load_model(without.run).encoder.state_dict().keys()
+    assert not any("projection" in key for key in saved)
 
 
 # -- baselines beside every evaluation ------------------------------------------------------------

@@ -110,6 +110,13 @@ class LossConfig(_Section):
         "multi-similarity for labels, mse for params",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="e.g. {margin: 0.5}")
+    projection: Literal["auto", "mlp", "none"] = Field(
+        "auto",
+        description="a training-only head between the embedding and the loss (mlp: "
+        "linear-ReLU-linear, as in SimCLR and SupCon), dropped from the saved model, so that "
+        "the embedding keeps what tells new classes apart; auto: mlp for labels, none for "
+        "params",
+    )
 
 
 class SamplerConfig(_Section):
@@ -126,7 +133,12 @@ class SamplerConfig(_Section):
 class OptimConfig(_Section):
     """AdamW and its learning-rate schedule."""
 
-    lr: float = Field(3e-3, gt=0, description="AdamW learning rate")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="AdamW learning rate; default: 1e-3 for labels (behind the projection "
+        "head), 3e-3 for params",
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     schedule: Literal["cosine", "plateau", "none"] = Field(
         "cosine", description="learning-rate schedule"
@@ -220,6 +232,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "weights": ("encoder", "weights"),
     "loss": ("loss", "name"),
     "margin": ("loss", "options.margin"),
+    "projection": ("loss", "projection"),
     "sampler": ("sampler", "kind"),
     "m": ("sampler", "m"),
     "lr": ("optim", "lr"),

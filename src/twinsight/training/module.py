@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from twinsight.config import TrainConfig
 from twinsight.data.targets import TargetSpec, target_matrix
@@ -56,6 +58,8 @@ class SiameseModule(pl.LightningModule):
         self.encoder = create_encoder(name, weights=cfg.encoder.weights, **enc)
         self.encoder.to(memory_format=torch.channels_last)  # ~1.4x faster convs on CPU and GPU
         self.loss_fn = create_loss(loss_name, **cfg.loss.options)
+        self.projection = projection_head(cfg, self.spec.kind, self.encoder.embedding_dim)
+        self.learning_rate = learning_rate(cfg, self.spec.kind)
         self.augment = augment_choice(cfg, self.spec.kind, int(enc.get("in_channels", 1)))
         self.instrument_range = instrument_range(cfg)
         self.history: list[dict[str, float]] = []
@@ -71,6 +75,8 @@ class SiameseModule(pl.LightningModule):
     def pair_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Embed each image once; the loss over all B(B-1)/2 pairs of the batch."""
         emb = self.encoder(x.contiguous(memory_format=torch.channels_last))
+        if self.projection is not None:
+            emb = F.normalize(self.projection(emb.float()), dim=1)
         sim = emb @ emb.T
         target = target_matrix(y, self.spec).to(sim.dtype)
         mask = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
@@ -92,7 +98,7 @@ class SiameseModule(pl.LightningModule):
                     value=float(loss.detach()),
                     epoch=self.current_epoch,
                     step=self.global_step,
-                    lr_hint=self.cfg.optim.lr / 10,
+                    lr_hint=self.learning_rate / 10,
                 )
             )
         self._loss_sum += float(loss.detach())
@@ -145,7 +151,9 @@ class SiameseModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.learning_rate, weight_decay=o.weight_decay
+        )
         if o.schedule == "none":
             return opt
         if o.schedule == "plateau":
@@ -167,6 +175,35 @@ class SiameseModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(r) for r in checkpoint.get("twinsight_history", [])]
+
+
+def projection_head(cfg: TrainConfig, kind: str, dim: int) -> nn.Module | None:
+    """The training-only head the loss sees (``loss.projection``), or None for the embedding.
+
+    A loss on a few classes pulls each class to a point; behind an MLP that collapse happens
+    in the MLP, and the embedding before it keeps the detail that separates classes never
+    seen in training (Chen et al. 2020, SimCLR; Khosla et al. 2020, SupCon). Parameter
+    targets rank every pair by its parameters, so they need no such head by default.
+    """
+    choice = cfg.loss.projection
+    if choice == "auto":
+        choice = "mlp" if kind == "labels" else "none"
+    if choice == "none":
+        return None
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+
+def learning_rate(cfg: TrainConfig, kind: str) -> float:
+    """``optim.lr``, or its default for the target kind.
+
+    Labels train at 1e-3: at 3e-3 the kept model was right less often on digits never seen
+    in training (precision@1 0.944 against 0.957 on 5-9, 0.957 against 0.976 on 0-4) and
+    ranked them worse (README, "New classes"). Parameter targets keep 3e-3, the rate
+    their coverage and recovery figures were measured at.
+    """
+    if cfg.optim.lr is not None:
+        return float(cfg.optim.lr)
+    return 1e-3 if kind == "labels" else 3e-3
 
 
 class WarmupCosine:
