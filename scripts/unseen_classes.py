@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import twinsight
+from twinsight.allocator import reuse_freed_memory
 from twinsight.data.collection import Collection
 
 SEEN = (0, 1, 2, 3, 4)
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["mnist5k", "digits"])
     parser.add_argument("--option", action="append", default=[], help="NAME=VALUE (JSON value)")
     args = parser.parse_args()
+    reuse_freed_memory()  # as every twinsight command does (README, Python API)
     options = {}
     for item in args.option:
         key, value = item.split("=", 1)
