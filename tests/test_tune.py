@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import twinsight
-from twinsight.config import load_config
+from twinsight.config import TrainConfig, load_config
+from twinsight.tuning import baseline_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +224,11 @@ def test_two_processes_share_one_postgres_study(tmp_path, space_file, base_file)
         conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     engine.dispose()
     _two_workers_share(tmp_path, url.rsplit("/", 1)[0] + f"/{name}", space_file, base_file)
+
+
+def test_the_baseline_trial_is_the_defaults_learning_rate_included():
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    assert baseline_point(TrainConfig(), space, "labels") == {"optim.lr": 1e-3}
+    assert baseline_point(TrainConfig(), space, "params") == {"optim.lr": 3e-3}
+    explicit = TrainConfig.model_validate({"optim": {"lr": 5e-3}})
+    assert baseline_point(explicit, space, "labels") == {"optim.lr": 5e-3}

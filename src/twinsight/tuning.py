@@ -298,11 +298,14 @@ def baseline_point(
 def _base_value(base: TrainConfig, name: str, kind: str) -> Any:
     from twinsight.losses import loss_options
     from twinsight.models.encoders import encoder_defaults
+    from twinsight.training.module import learning_rate
     from twinsight.training.preparation import default_loss
 
     section, *path = name.split(".")
     if name == "loss.name":
         return default_loss(base, kind)
+    if name == "optim.lr":
+        return learning_rate(base, kind)  # None in the config: the target kind's default
     value: Any = base.model_dump(mode="json").get(section, {})
     for part in path:
         value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
