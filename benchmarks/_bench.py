@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import platform
 import re
 from pathlib import Path
+from typing import Any
 
 from twinsight.fsutil import write_text_atomic
 
@@ -24,3 +29,23 @@ def update_section(text: str, path: Path = BENCHMARKS) -> Path:
     else:
         new = old.rstrip("\n") + "\n\n" + section
     return write_text_atomic(path, new.rstrip("\n") + "\n")
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """The date, the machine, its CPUs and load now, then ``extra`` (library versions...)."""
+    return {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "cpus": os.cpu_count(),
+        "load": round(os.getloadavg()[0], 2),
+        **extra,
+    }
+
+
+def publish(text: str, figures: dict[str, Any], *, write: bool = True) -> None:
+    """Print the section, update BENCHMARKS.md with it (when ``write``), then the figures as
+    one JSON object: every benchmark's last line."""
+    print(text)
+    if write:
+        update_section(text)
+    print(json.dumps(figures))

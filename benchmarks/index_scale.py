@@ -33,11 +33,8 @@ Prints the tables, updates the "Index scale" section of BENCHMARKS.md (unless
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from _bench import update_section
+from _bench import machine, publish
 
 from twinsight.index import DEFAULT_NPROBE, REFINE_K_FACTOR, SimilarityIndex
 
@@ -369,14 +366,7 @@ def main() -> None:
     args = ap.parse_args()
     import faiss
 
-    env = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "cpus": os.cpu_count(),
-        "faiss": faiss.__version__,
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "load": round(os.getloadavg()[0], 2),
-    }
+    env = machine(faiss=faiss.__version__, faiss_threads=faiss.omp_get_max_threads())
     real, queries = read_real(args.index, args.queries, args.seed)
     if len(real) + len(queries) < args.min_real:
         sys.exit(
@@ -406,10 +396,7 @@ def main() -> None:
     res["flat_single_over_floor"] = big["Flat"]["single_s"] / res["floor"]["floor_s"]
     env["load_end"] = round(os.getloadavg()[0], 2)
     text = _markdown(res)
-    print(text)
-    if not args.no_write:
-        update_section(text)
-    print(json.dumps(res))
+    publish(text, res, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,8 @@ last line.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _bench import update_section
+from _bench import machine, update_section
 
 from twinsight.data.collection import Collection
 from twinsight.embedding import embed_collection, embed_images
@@ -204,16 +202,10 @@ def main() -> None:
     args = ap.parse_args()
     import faiss
 
-    machine = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "faiss": faiss.__version__,
-        "load": round(os.getloadavg()[0], 2),
-        "torch_threads": torch.get_num_threads(),
-    }
-    res = {"machine": machine}
+    env = machine(
+        torch=torch.__version__, faiss=faiss.__version__, torch_threads=torch.get_num_threads()
+    )
+    res = {"machine": env}
     res["matching"] = bench_matching(args.collection, args.image_size, args.runs, args.pair_batch)
     m = res["matching"]
     print(f"seeds' way {m['seeds_way_s']:.2f} s/query, ours {1000 * m['ours_s']:.2f} ms/query")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shutil
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bench import update_section
+from _bench import publish
 from PIL import Image
 
 import twinsight
@@ -128,10 +127,7 @@ fresh process against a {figures["library_images"]:,}-image library; median of {
 
 The new-instrument match costs {figures["new_vs_startup"]:.1f}x the start-up baseline.
 """
-    print(text)
-    if not args.no_write:
-        update_section(text)
-    print(json.dumps(figures))
+    publish(text, figures, write=not args.no_write)
 
 
 if __name__ == "__main__":

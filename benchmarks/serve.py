@@ -18,10 +18,8 @@ runs. Prints a summary, updates the "Web server" section of BENCHMARKS.md (unles
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -35,7 +33,7 @@ import httpx
 import numpy as np
 import psutil
 import torch
-from _bench import update_section
+from _bench import machine, update_section
 from PIL import Image
 
 import twinsight
@@ -224,15 +222,9 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=300, help="Bound on each load run.")
     ap.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
     args = ap.parse_args()
-    machine = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "load": round(os.getloadavg()[0], 2),
-    }
+    env = machine(torch=torch.__version__)
     with tempfile.TemporaryDirectory(prefix="twinsight-bench-serve-") as tmp:
-        res = {"machine": machine, "serve": bench(args, Path(tmp))}
+        res = {"machine": env, "serve": bench(args, Path(tmp))}
     res["machine"]["load_end"] = round(os.getloadavg()[0], 2)
     s = res["serve"]
     print(f"serve: {s['requests_per_s']:.1f} requests/s, p50 {s['p50_ms']:.0f} ms, "

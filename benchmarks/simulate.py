@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: set before numpy is i
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -29,7 +28,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _bench import update_section  # noqa: E402
+from _bench import publish  # noqa: E402
 
 from twinsight.simulator import draw_views, render_system, simulate_systems  # noqa: E402
 from twinsight.simulator.priors import STREAM_NOISE, system_rng  # noqa: E402
@@ -148,10 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.systems, args.projections, args.size, args.runs)
     text = section(result)
-    print(text)
-    if not args.no_write:
-        update_section(text)
-    print(json.dumps(result))
+    publish(text, result, write=not args.no_write)
 
 
 if __name__ == "__main__":

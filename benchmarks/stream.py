@@ -27,10 +27,8 @@ prints one JSON object as its last line.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -43,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench import update_section
+from _bench import machine, publish
 
 from twinsight.data.packed import CHUNK_IMAGES
 
@@ -326,12 +324,7 @@ def main() -> None:
             malloc == "reuse",
         )
         return
-    env = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "cpus": os.cpu_count(),
-        "load": round(os.getloadavg()[0], 2),
-    }
+    env = machine()
     folder = Path(args.folder or tempfile.mkdtemp(prefix="twinsight-stream-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -369,10 +362,7 @@ def main() -> None:
     res["ratio"] = min(r["images_per_s"] for r in res["streamed"]) / base
     env["load_end"] = round(os.getloadavg()[0], 2)
     text = _markdown(res)
-    print(text)
-    if not args.no_write:
-        update_section(text)
-    print(json.dumps(res))
+    publish(text, res, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _bench import update_section
+from _bench import publish
 
 from twinsight.instrument import InstrumentRange
 from twinsight.models.encoders import create_encoder
@@ -130,10 +129,7 @@ def main() -> None:
 Per step today is {new_ips / old_ips:.2f}x the former. Validation, checkpoints and the
 calibration add about a minute to either.
 {full}"""
-    print(text)
-    if not args.no_write:
-        update_section(text)
-    print(json.dumps(figures))
+    publish(text, figures, write=not args.no_write)
 
 
 if __name__ == "__main__":
