@@ -103,6 +103,20 @@ def test_the_library_noise_is_counted_once():
     assert np.std(degrade(x, Instrument(0.0, snr=100.0), library_snr=100.0)) == 0.0
 
 
+def test_the_beam_smooths_the_library_noise_and_degrade_adds_back_what_it_took():
+    """A query through a 3 px beam has white noise of peak / SNR (observe_image), and one
+    cleaner than the library is given the library's own level: calibration images through
+    the same instrument must carry as much, though the beam smoothed their own noise."""
+    rng = np.random.default_rng(0)
+    flat = np.ones((4, 1, 64, 64))
+    noisy = flat + rng.normal(0.0, 0.01, flat.shape)  # a library image: SNR 100
+    for snr, expected in ((30.0, 1 / 30), (None, 1 / 100), (300.0, 1 / 100)):
+        seen = degrade(noisy, Instrument(3.0, snr=snr), seed=1, library_snr=100.0)
+        clean = degrade(flat, Instrument(3.0), library_snr=None)
+        inner = (seen - clean)[:, :, 16:-16, 16:-16]
+        assert np.std(inner) == pytest.approx(expected, rel=0.08), snr
+
+
 def test_typicality_is_the_share_of_simulations_seen_alike_at_or_below():
     from twinsight.inference import typicality
 

@@ -167,24 +167,57 @@ def degrade(
 
     The noise sigma of each image is its own beam-convolved peak over the SNR, as
     :func:`twinsight.simulator.observe_image` defines it. Simulations carry noise of their
-    own (peak / ``library_snr``): only what is missing is added, in quadrature, and none
-    when the instrument's SNR is at or above the library's. Seeded: the same seed gives the
-    same pixels.
+    own (peak / ``library_snr``), and the beam smooths it: what is left per pixel is that
+    sigma times the kernel's L2 norm, against a peak the beam has lowered
+    (:func:`own_noise`). Only what is missing from it is added, in quadrature. An
+    instrument with no noise, or less than the library's, is shown at the library's own
+    level, as a query cleaner than the simulations is given noise up to it
+    (:func:`twinsight.inference.queries.to_library_noise`): the library cannot show an
+    image cleaner than itself. Seeded: the same seed gives the same pixels.
     """
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 4:
         raise TwinsightError(f"degrade: expected images [N, C, H, W], got shape {x.shape}")
+    before = _peaks(x)
     kernel = beam_kernel(instrument.beam_major, instrument.beam_minor, instrument.beam_pa)
     if kernel is not None:
         x = np.stack(
             [[convolve(img, kernel, mode="constant") for img in chans] for chans in x]
         ).reshape(x.shape)
-    relative = missing_noise(instrument.snr, library_snr)
-    if relative > 0:
+    peak = _peaks(x)
+    own = own_noise(kernel, before, peak, library_snr)
+    want = _wanted_noise(instrument.snr, library_snr)
+    relative = np.sqrt(np.clip(want**2 - own**2, 0.0, None))
+    if np.any(relative > 0):
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        peak = np.abs(x).reshape(len(x), -1).max(axis=1).reshape(-1, 1, 1, 1)
-        x = x + rng.normal(0.0, 1.0, x.shape) * (peak * relative)
+        x = x + rng.normal(0.0, 1.0, x.shape) * (peak * relative).reshape(-1, 1, 1, 1)
     return x.astype(np.float32)
+
+
+def _peaks(x: np.ndarray) -> np.ndarray:
+    return np.abs(x).reshape(len(x), -1).max(axis=1)
+
+
+def own_noise(
+    kernel: np.ndarray | None, before: np.ndarray, after: np.ndarray, library_snr: float | None
+) -> np.ndarray:
+    """Per image, the library's own noise sigma after the beam, as a fraction of its peak.
+
+    White noise of sigma s convolved with a normalized kernel k keeps s * ||k||_2 per pixel;
+    the peak goes from ``before`` to ``after``.
+    """
+    if library_snr is None:
+        return np.zeros_like(before)
+    norm = 1.0 if kernel is None else float(np.sqrt(np.sum(kernel**2)))
+    return norm * before / (library_snr * np.maximum(after, 1e-30))
+
+
+def _wanted_noise(snr: float | None, library_snr: float | None) -> float:
+    """The noise sigma (a fraction of the peak) an image through the instrument should have:
+    1 / SNR, and never less than the library's own 1 / ``library_snr``."""
+    want = 0.0 if snr is None else 1.0 / snr
+    floor = 0.0 if library_snr is None else 1.0 / library_snr
+    return max(want, floor)
 
 
 def missing_noise(snr: float | None, have_snr: float | None) -> float:
