@@ -247,7 +247,7 @@ def test_conformal_inflation_counts_systems_not_views():
     assert coverage(truth, -3 * one, 3 * one) == pytest.approx([inside.mean()])
 
 
-def test_matching_calibration_chooses_on_one_half_and_fits_on_the_other():
+def test_matching_calibration_chooses_on_one_half_and_fits_on_all_systems():
     from twinsight.inference import split_systems
 
     rng = np.random.default_rng(4)
@@ -256,11 +256,13 @@ def test_matching_calibration_chooses_on_one_half_and_fits_on_the_other():
     library = _index([e_tr, e_va], [i_tr, i_va])
     matching = calibrate_from_embeddings(library, e_va, i_va, seed=3)
     v = matching["validation"]
-    assert (v["systems"], v["selection_systems"], v["calibration_systems"]) == (30, 15, 15)
-    assert v["seed"] == 3 and v["max_guaranteed_level"] == pytest.approx(15 / 16)
-    # the stored inflation is the system-counted conformal fit on the other half only
-    select, fit = split_systems(i_va["system"].to_numpy(), seed=3)
-    assert not set(i_va["system"][select]) & set(i_va["system"][fit])
+    assert (v["systems"], v["selection_systems"], v["calibration_systems"]) == (30, 15, 30)
+    assert v["seed"] == 3 and v["max_guaranteed_level"] == pytest.approx(30 / 31)
+    # the number of matches is chosen on one half; the stored inflation is the
+    # system-counted conformal fit of that number on every validation system
+    select, other = split_systems(i_va["system"].to_numpy(), seed=3)
+    assert not set(i_va["system"][select]) & set(i_va["system"][other])
+    fit = np.ones(len(i_va), dtype=bool)
     cols = ["a", "b", "c"]
     scales = [matching["scales"][c] for c in cols]
     arr = recovery_arrays(
