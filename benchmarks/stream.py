@@ -178,14 +178,16 @@ def child(
         loss_name=prep.loss_name,
     )
     marks: dict[str, float] = {}
+    done = [0]  # optimizer steps so far, across epochs (a small file has short epochs)
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == warmup:
+            if done[0] == warmup:
                 marks["start"] = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx == warmup + steps - 1:
+            done[0] += 1
+            if done[0] == warmup + steps:
                 marks["end"] = time.perf_counter()
 
     trainer = pl.Trainer(
@@ -210,6 +212,11 @@ def child(
         if hasattr(train_loader.batch_sampler, "batch_size")
         else prep.config.trainer.batch_size
     )
+    if "end" not in marks:
+        raise SystemExit(
+            f"stream: training ran {done[0]} steps, fewer than --warmup {warmup} + --steps "
+            f"{steps}; give a larger file (--sizes) or fewer steps"
+        )
     seconds = marks["end"] - marks["start"]
     print(
         json.dumps(
